@@ -250,7 +250,7 @@ typedef struct hak_reqtrace_rec {
     uintptr_t addr;        /* address looked up (== base for register/unregister) */
     uint32_t op;           /* enum hak_reqtrace_op */
     uint32_t reg;          /* enum hak_reg_kind */
-    uint32_t live;         /* live blocks in the region at that moment (unregister: > 0 means early) */
+    uint32_t live;         /* live blocks in the region then (unregister: > 0 means early; lookup_miss: 0) */
     uint32_t pad;
     uint64_t tid;
 } hak_reqtrace_rec;

@@ -415,10 +415,12 @@ static void reg_unregister(registry *r, uintptr_t base, int32_t live) {
     if (hm_del(&r->map, base)) reqtrace_add(HAK_REQ_UNREGISTER, r->kind, base, base, live);
 }
 
+static int32_t region_live(uint32_t kind, const void *meta);
+
 static void *reg_lookup(registry *r, uintptr_t addr) {
     uintptr_t base = addr & ~(r->align - 1);
     void *v = hm_get(&r->map, base);
-    reqtrace_add(v ? HAK_REQ_LOOKUP_HIT : HAK_REQ_LOOKUP_MISS, r->kind, base, addr, -1);
+    if (K.reqtrace) reqtrace_add(v ? HAK_REQ_LOOKUP_HIT : HAK_REQ_LOOKUP_MISS, r->kind, base, addr, v ? region_live(r->kind, v) : 0);
     return v;
 }
 
@@ -611,6 +613,10 @@ typedef struct pool_def {
     uint64_t nchunks;
 } pool_def;
 
+static int32_t region_live(uint32_t kind, const void *meta) {
+    return kind == HAK_REG_SS ? ((const ss_meta *)meta)->live : ((const pool_chunk *)meta)->live;
+}
+
 static pool_def g_mid = {.name = "Mid", .kind = HAK_REG_MID, .method = ALLOC_METHOD_POOL, .owner = HAK_OWNER_MID,
                          .chunk_size = HAK_MID_CHUNK_SIZE, .nclasses = HAK_MID_NUM_CLASSES,
                          .class_bytes = k_mid_class_bytes, .reg = &g_mid_reg};
@@ -726,7 +732,9 @@ static void large_set_state(uintptr_t raw, long st) { hm_put(&g_large, raw, (voi
 
 static void *cache_take(cache_ent *ents, uint32_t *n, size_t need) {
     for (uint32_t i = 0; i < *n; i++) {
-        if (ents[i].class_bytes >= need && ents[i].class_bytes <= 2 * need) {
+        /* an aligned block's mapping starts below raw: only the part from raw on is reusable */
+        size_t from_raw = ents[i].class_bytes - (ents[i].raw - page_down(ents[i].raw));
+        if (from_raw >= need && ents[i].class_bytes <= 2 * need) {
             uintptr_t raw = ents[i].raw;
             ents[i] = ents[--*n];
             return (void *)raw;
