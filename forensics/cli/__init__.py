@@ -1,0 +1,104 @@
+"""The `hakmem-forensics` command line: one typer app, one place that maps errors to exit codes."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from forensics import __version__
+from forensics.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ForensicsError
+
+PROG = "hakmem-forensics"
+ENV_TRACEBACK = "HAKMEM_FORENSICS_TRACEBACK"
+
+EXIT_CODES_EPILOG = (
+    "Exit status: 0 analysis completed (even one that found a crash); "
+    "2 usage error (bad option or argument); "
+    f"{EXIT_BAD_INPUT} bad input (missing file, not an ELF library, unloadable library, bad value); "
+    f"{EXIT_INTERNAL} internal error (a bug in the toolkit; set {ENV_TRACEBACK}=1 for the traceback)."
+)
+
+
+# Exceptions typer (or click, in typer versions that still use it) turns into exit statuses
+# itself: usage errors (2), typer.Exit, Abort. Everything else is ours to map.
+_PASSTHROUGH: tuple[type[BaseException], ...] = tuple(
+    getattr(typer.exceptions, name) for name in ("TyperException", "Exit", "Abort") if hasattr(typer.exceptions, name)
+)
+try:
+    import click
+
+    _PASSTHROUGH += (click.exceptions.Exit, click.ClickException, click.Abort)
+except ImportError:  # typer >= 0.2x vendors its own click
+    pass
+
+
+def _error(message: str) -> None:
+    # One line, on stderr: the user sees the reason, never a traceback.
+    one_line = " ".join(message.split("\n")).strip()
+    typer.echo(f"{PROG}: error: {one_line}", err=True)
+
+
+class ForensicsGroup(TyperGroup):
+    """Runs the subcommand and turns domain errors into exit statuses (the one place)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _PASSTHROUGH:
+            raise
+        except ForensicsError as exc:
+            _error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except Exception as exc:  # noqa: BLE001 - anything else is our bug: exit 4
+            if os.environ.get(ENV_TRACEBACK):
+                traceback.print_exc()
+            _error(f"internal error: {type(exc).__name__}: {exc} (set {ENV_TRACEBACK}=1 for the traceback)")
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+
+app = typer.Typer(
+    name=PROG,
+    cls=ForensicsGroup,
+    help="Forensics for a hakmem-style allocator's free() path: which route each free took, and why it crashed.",
+    epilog=EXIT_CODES_EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"{PROG} {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Forensics for a hakmem-style allocator's free() path."""
+
+
+def _register() -> None:
+    from forensics.cli import info
+
+    app.command("info", epilog=EXIT_CODES_EPILOG)(info.info)
+
+
+_register()
+
+
+def main() -> None:
+    app(prog_name=PROG)
+
+
+__all__ = ["app", "main"]
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Reporters: turn model records into rich output or JSON; never touch ctypes."""
