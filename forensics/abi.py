@@ -14,7 +14,26 @@ from pathlib import Path
 HAK_ABI_VERSION = 1  # HAK_ABI_VERSION in csrc/hakmem.h
 HFD_ABI_VERSION = 1  # HFD_ABI_VERSION in csrc/hfdriver.h
 
-NATIVE_DIR = Path(__file__).resolve().parent / "_native"
+
+
+def _native_dir() -> Path:
+    """Where the bundled libraries are: next to this package when it was installed (or built
+    in place), else in the installed distribution. The second case is a source checkout on
+    sys.path (python -m from the repository root) after `pip install .`: its own _native/
+    was never built, the installed package's was."""
+    here = Path(__file__).resolve().parent / "_native"
+    if (here / "libhfdriver.so").exists():
+        return here
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        installed = Path(str(distribution("hakmem-forensics").locate_file("forensics/_native")))
+    except (PackageNotFoundError, OSError):  # pragma: no cover - not installed at all
+        return here
+    return installed if (installed / "libhfdriver.so").exists() else here
+
+
+NATIVE_DIR = _native_dir()
 ALLOCATOR_FILE = "libhakmem.so"
 ALLOCATOR_DEBUG_FILE = "libhakmem_debug.so"
 DRIVER_FILE = "libhfdriver.so"
