@@ -24,13 +24,18 @@ def _native_dir() -> Path:
     here = Path(__file__).resolve().parent / "_native"
     if (here / "libhfdriver.so").exists():
         return here
-    try:
-        from importlib.metadata import PackageNotFoundError, distribution
+    from importlib.metadata import distributions
 
-        installed = Path(str(distribution("hakmem-forensics").locate_file("forensics/_native")))
-    except (PackageNotFoundError, OSError):  # pragma: no cover - not installed at all
-        return here
-    return installed if (installed / "libhfdriver.so").exists() else here
+    # Several may match: a source checkout's own hakmem_forensics.egg-info comes first on
+    # sys.path and points back at the checkout; the installed one has the libraries.
+    for dist in distributions(name="hakmem-forensics"):
+        try:
+            candidate = Path(str(dist.locate_file("forensics/_native"))).resolve()
+        except OSError:  # pragma: no cover
+            continue
+        if (candidate / "libhfdriver.so").exists():
+            return candidate
+    return here
 
 
 NATIVE_DIR = _native_dir()
