@@ -23,7 +23,8 @@ except ImportError:  # setuptools < 70.1 (pyproject asks for newer; this is for 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
-NATIVE_LIBS = ("libhakmem.so", "libhakmem_debug.so", "libhfdriver.so")
+FIXTURES = os.path.join(HERE, "fixtures")
+NATIVE_LIBS = ("libhakmem.so", "libhakmem_debug.so", "libhfdriver.so", "hfreplay")
 
 
 class BuildPyWithNative(build_py):
@@ -41,6 +42,13 @@ class BuildPyWithNative(build_py):
         missing = [lib for lib in NATIVE_LIBS if not os.path.exists(os.path.join(out, lib))]
         if missing:
             raise SystemExit(f"hakmem-forensics: make did not produce {', '.join(missing)} in {out}")
+        if not getattr(self, "editable_mode", False):
+            # The bundled traces (the default replay input among them) ship inside the package.
+            dest = os.path.join(os.path.abspath(self.build_lib), "forensics", "fixtures")
+            os.makedirs(dest, exist_ok=True)
+            for name in sorted(os.listdir(FIXTURES)):
+                if name.endswith(".trace"):
+                    shutil.copyfile(os.path.join(FIXTURES, name), os.path.join(dest, name))
 
     def get_outputs(self, include_bytecode=True):
         outputs = list(super().get_outputs(include_bytecode))

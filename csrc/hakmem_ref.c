@@ -1376,6 +1376,22 @@ HAK_API int hak_owner(const void *addr, hak_owner_info *o) {
     if (pool_owner(&g_mid, a, o) || pool_owner(&g_l25, a, o)) { UNLOCK(); return HAK_OK; }
     /* large mappings and MALLOC blocks: exact pointer first, then a scan for interior addresses */
     uintptr_t raw = a - HAK_HEADER_SIZE;
+    void *exact = hm_get(&g_large, raw);
+    if (exact) {
+        /* the block's own pointer: no scan (the replay's oracle asks this on every allocation) */
+        AllocHeader *h = (AllocHeader *)raw;
+        uintptr_t start = page_down(raw);
+        o->kind = HAK_OWNER_MMAP;
+        o->method = ALLOC_METHOD_MMAP;
+        o->region_base = start;
+        o->region_size = h->class_bytes;
+        o->class_bytes = h->class_bytes;
+        o->block_ptr = a;
+        o->block_size = h->class_bytes - (a - start);
+        o->state = (long)exact == LG_LIVE ? HAK_BLOCK_LIVE : HAK_BLOCK_CACHED;
+        UNLOCK();
+        return HAK_OK;
+    }
     HM_FOREACH(&g_large, i) {
         uintptr_t k = g_large.keys[i];
         long v = (long)g_large.vals[i];

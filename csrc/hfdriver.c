@@ -20,6 +20,7 @@
 #endif
 
 #include "hakmem.h"
+#include "hfd_internal.h"
 #include "probes.h"
 
 /* ------------------------------------------------------------------ errors */
@@ -28,6 +29,14 @@ static __thread char g_err[512];
 
 static int set_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int set_error(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+int hfd__set_error(int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(g_err, sizeof g_err, fmt, ap);
@@ -144,6 +153,8 @@ HFD_API int hfd_bind_table(const hfd_vtable *table) {
 
 HFD_API int hfd_binding(void) { return g_binding; }
 
+const hfd_vtable *hfd__vtable(void) { return &g_vt; }
+
 /* Like snprintf: returns the full length (without the NUL) even when cap is too small. */
 HFD_API size_t hfd_missing_symbols(char *buf, size_t cap) {
     size_t need = 0;
@@ -180,14 +191,17 @@ static const int k_crash_signals[] = {SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE};
 #define ALT_STACK_SIZE (64u * 1024u)
 
 static hfd_crash_record *volatile g_rec;
-static volatile uint64_t g_event_index = UINT64_MAX;
+/* Per thread: a crash on a replay thread reports the event that thread was running. */
+static __thread volatile uint64_t t_event_index = UINT64_MAX;
 static struct sigaction g_old_actions[N_CRASH_SIGNALS];
 static stack_t g_old_stack;
 static void *g_alt_stack;
 static size_t g_alt_stack_size;
 static int g_installed;
 
-HFD_API void hfd_set_event_index(uint64_t index) { g_event_index = index; }
+HFD_API void hfd_set_event_index(uint64_t index) { t_event_index = index; }
+
+int hfd__crash_handler_installed(void) { return g_installed; }
 
 /* Async-signal-safe helpers: no stdio, no locale, no allocation. */
 static size_t s_strlen(const char *s) {
@@ -287,7 +301,7 @@ static void crash_handler(int signo, siginfo_t *si, void *uctx) {
             }
         }
     }
-    uint64_t event = g_event_index;
+    uint64_t event = t_event_index;
     if (rec) {
         rec->version = HFD_ABI_VERSION;
         rec->signo = signo;

@@ -3,8 +3,8 @@
  * It binds to an allocator's hak_* functions at run time (dlsym on a library the caller
  * names, or a table of function pointers the Python layer hands over), so the same driver
  * drives hakmem-ref, a user's own hakmem build, or plain libc malloc/free. It holds the
- * forensic machinery that must run in C: the crash handler and the readability probes
- * (later: the replay loop).
+ * forensic machinery that must run in C: the crash handler, the readability probes and
+ * the replay loop (hftrace.h, hfreplay.c).
  *
  * Exported symbols start with hfd_. Error convention as in hakmem.h: 0 or a negative
  * HFD_E* code, and hfd_last_error() for the message.
@@ -61,7 +61,7 @@ typedef struct hfd_crash_record {
     uint32_t stage;          /* hak_stage in force, 0xffffffff if unknown */
     uint32_t has_state;      /* 1 if ptr/stage came from the allocator's free state */
     uint64_t free_seq;       /* hak_free_state.seq */
-    uint64_t event_index;    /* hfd_set_event_index() value; UINT64_MAX if never set */
+    uint64_t event_index;    /* the crashing thread's hfd_set_event_index() value; UINT64_MAX if never set */
     uint64_t tid;
     char stage_name[32];
     uint32_t maps_len;       /* bytes of /proc/self/maps copied below (truncated to the buffer) */
@@ -93,6 +93,7 @@ HFD_API void hfd_free(void *ptr, size_t size, uintptr_t site);
  * with the default action so the process dies with it. */
 HFD_API int hfd_install_crash_handler(hfd_crash_record *rec);
 HFD_API void hfd_uninstall_crash_handler(void);
+/* Per thread: each replay thread sets its own, and a crash reports the crashing thread's. */
 HFD_API void hfd_set_event_index(uint64_t index);
 
 /* Readability probes, the same code the allocator runs (probes.h), plus ground truth.

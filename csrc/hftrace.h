@@ -86,8 +86,12 @@ enum hfr_outcome {
 
 enum hfr_status { HFR_EV_PENDING = 0, HFR_EV_STARTED = 1, HFR_EV_DONE = 2 };
 
+/* While an event runs its record says STARTED with outcome CRASHED, so a process that dies
+ * in it leaves exactly that behind; it ends DONE with the real outcome. Fields a free
+ * decision fills (seq .. method) are 0, except probe and method which are -1, when the
+ * event made no decision (allocations, thread_end, corrupt, and frees under libc). */
 typedef struct hfr_event {
-    uint64_t ptr;             /* pointer returned (allocations) or passed to free */
+    uint64_t ptr;             /* pointer returned (allocations, realloc), passed to free (frees, forensic frees); 0 for corrupt/thread_end */
     uint64_t seq;             /* hak_free_decision.seq of this free, 0 if none */
     uint32_t route;           /* enum hak_route, 0 if none (allocation, or libc) */
     uint32_t action;          /* enum hak_action */
@@ -96,7 +100,8 @@ typedef struct hfr_event {
     int32_t probe;            /* HAK_PROBE_NOT_RUN / _UNREADABLE / _READABLE */
     uint32_t magic_found;
     int32_t method;
-    uint8_t owner;            /* owner of the object at its allocation (hak_owner_kind / HFR_OWNER_*) */
+    uint8_t owner;            /* owner of the object at its allocation (hak_owner_kind / HFR_OWNER_*); realloc: of
+                                 the new block (size 0: of the old); free_raw: owner of the address, if judged */
     uint8_t outcome;          /* enum hfr_outcome */
     uint8_t status;           /* enum hfr_status */
     uint8_t check_failed;     /* 1 if the consistency check after this event failed */
@@ -118,12 +123,18 @@ typedef struct hfr_header {
     hfd_crash_record crash;            /* magic == HFD_CRASH_MAGIC if the child crashed */
 } hfr_header;
 
+/* NULL options mean {0, 0, 1}. */
 typedef struct hfr_options {
-    uint64_t check_every;     /* run the consistency check every N events, 0 = never */
-    uint32_t threads;         /* 0 = one thread in trace order; 1 = one real thread per trace tid */
+    uint64_t check_every;     /* run the consistency check after every Nth event (index+1 a multiple of N), until it first fails; 0 = never */
+    uint32_t threads;         /* 0 = one thread in trace order; 1 = one real thread per trace tid (at most 1024; a
+                                 tid seen again after its thread_end is a new thread), each waiting for the events
+                                 that last touched its objects; a single-tid trace still runs on the caller */
     uint32_t judge;           /* 1 = call owner() to judge routes (the oracle) */
 } hfr_options;
 
+/* Over the events with status DONE or STARTED (a STARTED one counts as CRASHED). frees: DONE
+ * events with an outcome (free ops, and reallocs that freed their old block); allocs: DONE
+ * events without an outcome that returned a block (so a realloc that moved counts as a free). */
 typedef struct hfr_summary {
     uint64_t events_done, frees, allocs;
     uint64_t route_counts[32];         /* by enum hak_route (index 0: frees with no route, e.g. libc) */
@@ -131,17 +142,33 @@ typedef struct hfr_summary {
     uint64_t first_anomaly;            /* event index of the first free whose outcome is not correct, UINT64_MAX */
 } hfr_summary;
 
-/* Replays the mapped trace (hdr points to the start of the file, len its size) through the
- * bound allocator, writing res->events[i] for each event i as it goes. Returns HFD_OK, or an
- * error code with hfd_last_error() (and res->error) set: malformed trace, object misuse that
- * would make the replay meaningless (e.g. free of an object never allocated). */
+/* Replays the mapped trace (trace points to the start of the file, 8-byte aligned; len is
+ * its size) through the bound allocator, writing events[i] for each event i as it goes
+ * (events must hold num_events records). It fills the header itself (magic, version,
+ * event_size, progress, threads_used, check fields, state RUNNING then DONE or FAILED, and
+ * num_events once the trace is valid) but never touches res->crash. The whole trace is validated before anything runs.
+ * Returns HFD_OK, or an error code with hfd_last_error() and res->error set ("event 123
+ * (byte offset 6000): free of object 7 which is not live (...)"): malformed trace, object
+ * misuse that would make the replay meaningless (HFD_EINVAL), an op the allocator lacks an
+ * entry point for (HFD_ENOSYM), no binding (HFD_ENOTBOUND), out of memory or threads
+ * (HFD_ESYS). With status DONE, res->error may hold a "note: ..." (e.g. no debug check). */
 HFD_API int hfd_replay(const void *trace, uint64_t len, hfr_header *res, hfr_event *events, const hfr_options *opts);
 
+/* The same validation without replaying (no binding needed): HFD_OK, or HFD_EINVAL with the
+ * message in hfd_last_error(). */
+HFD_API int hfd_trace_validate(const void *trace, uint64_t len);
+
 /* Replays one event through the binding (the stepping path): same effects and same result
- * record as the loop. The object table lives in the driver between calls; hfd_step_reset()
- * clears it. */
+ * record as the loop on one thread. The object table lives in the driver between calls;
+ * hfd_step_reset() clears it and takes the binding in force. The record is validated
+ * against the table first (HFD_EINVAL "event N: ...", nothing done). When the consistency
+ * check fails after this event, out->check_failed is 1 and hfd_last_error() holds the
+ * check's message (the return is still HFD_OK). */
 HFD_API int hfd_step_reset(uint32_t num_objects);
 HFD_API int hfd_step(const hft_record *rec, uint64_t index, hfr_event *out);
+/* Options for the following hfd_step calls (threads is ignored); NULL = {0, 0, 1}, the
+ * default. Kept across hfd_step_reset. */
+HFD_API int hfd_step_options(const hfr_options *opts);
 
 /* Aggregates the event records (those with status DONE or STARTED). */
 HFD_API void hfd_summarize(const hfr_event *events, uint64_t n, hfr_summary *out);

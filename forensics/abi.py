@@ -42,6 +42,7 @@ NATIVE_DIR = _native_dir()
 ALLOCATOR_FILE = "libhakmem.so"
 ALLOCATOR_DEBUG_FILE = "libhakmem_debug.so"
 DRIVER_FILE = "libhfdriver.so"
+REPLAY_EXE_FILE = "hfreplay"  # the standalone replay (csrc/hfreplay_main.c), next to the driver
 
 # Environment overrides: HAKMEM_LIB names the allocator (the user's own build), and
 # HAKMEM_FORENSICS_DRIVER the driver (rarely needed; for testing a rebuilt driver).
@@ -123,6 +124,10 @@ HFDRIVER_SYMBOLS: tuple[AbiSymbol, ...] = tuple(
         "hfd_set_event_index",
         "hfd_probe",
         "hfd_probe_time",
+        "hfd_replay",
+        "hfd_step_reset",
+        "hfd_step",
+        "hfd_summarize",
     )
 )
 
@@ -159,6 +164,11 @@ def find_driver(lib: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return NATIVE_DIR / DRIVER_FILE
+
+
+def find_replay_exe() -> Path:
+    """The hfreplay executable that goes with the driver in use."""
+    return find_driver().parent / REPLAY_EXE_FILE
 
 
 def is_bundled(path: Path) -> bool:

@@ -171,6 +171,9 @@ class OwnerKind(CEnum):
     L25 = "l25"
     MMAP = "mmap"
     MALLOC = "malloc"
+    # Replay-only owners (HFR_OWNER_* in csrc/hftrace.h), never returned by hak_owner():
+    LIBC = "libc"  # the object came from libc malloc (libc_malloc op, or the libc baseline)
+    UNKNOWN = "unknown"  # the allocator has no hak_owner(): routes cannot be judged by owner
 
 
 class BlockState(CEnum):
@@ -382,3 +385,90 @@ class StructLayout:
 
     def get_offset(self, member: str) -> int:
         return self.members[member][0]
+
+
+# ------------------------------------------------------------------------- replay
+class Outcome(CEnum):
+    """enum hfr_outcome (csrc/hftrace.h): the oracle's verdict on one event."""
+
+    NONE = "none"  # not a free
+    CORRECT = "correct"
+    MISROUTED = "misrouted"
+    LEAKED = "leaked"
+    INVALID_MAGIC = "invalid_magic"
+    CRASHED = "crashed"
+    DETECTED_INVALID = "detected_invalid"
+
+
+class EventStatus(CEnum):
+    """enum hfr_status (csrc/hftrace.h)."""
+
+    PENDING = "pending"  # never reached
+    STARTED = "started"  # begun, not finished: the process died in it
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """One replayed event: what the trace asked, what the allocator did, what the oracle says."""
+
+    index: int
+    op: str  # trace op name (forensics.trace.TraceOp value)
+    tid: int
+    obj: int
+    ptr: int  # returned by an allocation, passed to a free
+    owner: OwnerKind  # who made the object (at its allocation)
+    outcome: Outcome
+    status: EventStatus
+    check_failed: bool
+    decision: FreeDecision | None  # None for allocations and frees with no route (libc)
+
+    @property
+    def is_anomaly(self) -> bool:
+        return self.outcome not in (Outcome.NONE, Outcome.CORRECT)
+
+
+@dataclass(frozen=True)
+class CheckFailure:
+    """The first event after which the allocator's consistency check failed."""
+
+    event_index: int
+    message: str
+
+
+@dataclass
+class ReplayResult:
+    """Everything one replay observed (kept up to a crash)."""
+
+    trace: str
+    allocator: str  # library path, or "libc"
+    knobs: dict[str, str]  # effective knobs: the trace header's, then the command line's
+    threads: bool  # replayed on one thread per trace thread
+    num_events: int
+    events_done: int
+    threads_used: int
+    frees: int
+    allocs: int
+    routes: dict[str, int]  # route name -> frees; "(none)" for frees without a route
+    outcomes: dict[str, int]  # outcome name -> events (frees, and a crashing event)
+    crash: CrashRecord | None
+    crash_event: EventResult | None
+    hang: bool  # killed after the time limit
+    exit_status: int | None  # child exit code, None if killed by a signal
+    exit_signal: int | None
+    anomalies: list[EventResult]  # the first anomalies, in trace order
+    anomaly_count: int  # all of them
+    first_anomaly: int | None
+    check_every: int
+    first_check_failure: CheckFailure | None
+    stderr_tail: list[str] = field(default_factory=list)  # the allocator's last stderr lines
+    note: str = ""  # e.g. "no consistency check: the allocator has no hak_debug_check"
+    seconds: float = 0.0
+
+    @property
+    def completed(self) -> bool:
+        return self.crash is None and not self.hang and self.events_done == self.num_events
+
+    @property
+    def crashed(self) -> bool:
+        return self.crash is not None or self.hang

@@ -362,6 +362,123 @@ class HfdCrashRecord(Structure):
     ]
 
 
+class HftRecord(Structure):
+    """Mirror of ``hft_record`` in csrc/hftrace.h (one binary trace event)::
+
+        typedef struct hft_record {
+            uint8_t op; uint8_t flags; uint16_t reserved;
+            uint32_t tid; uint32_t obj; uint32_t obj2;
+            uint64_t size; int64_t arg; uint64_t value; uint64_t site;
+        } hft_record;                 /* 48 bytes */
+    """
+
+    _fields_ = [
+        ("op", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("reserved", ctypes.c_uint16),
+        ("tid", c_uint32),
+        ("obj", c_uint32),
+        ("obj2", c_uint32),
+        ("size", c_uint64),
+        ("arg", ctypes.c_int64),
+        ("value", c_uint64),
+        ("site", c_uint64),
+    ]
+
+
+class HfrEvent(Structure):
+    """Mirror of ``hfr_event`` in csrc/hftrace.h (one replayed event's result)::
+
+        typedef struct hfr_event {
+            uint64_t ptr; uint64_t seq;
+            uint32_t route; uint32_t action; uint32_t stages_tried; uint32_t stages_hit;
+            int32_t probe; uint32_t magic_found; int32_t method;
+            uint8_t owner; uint8_t outcome; uint8_t status; uint8_t check_failed;
+        } hfr_event;                  /* 48 bytes */
+    """
+
+    _fields_ = [
+        ("ptr", c_uint64),
+        ("seq", c_uint64),
+        ("route", c_uint32),
+        ("action", c_uint32),
+        ("stages_tried", c_uint32),
+        ("stages_hit", c_uint32),
+        ("probe", c_int32),
+        ("magic_found", c_uint32),
+        ("method", c_int32),
+        ("owner", ctypes.c_uint8),
+        ("outcome", ctypes.c_uint8),
+        ("status", ctypes.c_uint8),
+        ("check_failed", ctypes.c_uint8),
+    ]
+
+
+class HfrHeader(Structure):
+    """Mirror of ``hfr_header`` in csrc/hftrace.h (the start of a replay result file)::
+
+        typedef struct hfr_header {
+            char magic[8]; uint32_t version; uint32_t event_size;
+            uint64_t num_events;
+            volatile uint64_t events_done; volatile uint32_t state; uint32_t threads_used;
+            uint64_t first_check_failure;
+            char check_msg[256]; char error[256];
+            hfd_crash_record crash;
+        } hfr_header;
+    """
+
+    _fields_ = [
+        ("magic", c_char * 8),
+        ("version", c_uint32),
+        ("event_size", c_uint32),
+        ("num_events", c_uint64),
+        ("events_done", c_uint64),
+        ("state", c_uint32),
+        ("threads_used", c_uint32),
+        ("first_check_failure", c_uint64),
+        ("check_msg", c_char * 256),
+        ("error", c_char * 256),
+        ("crash", HfdCrashRecord),
+    ]
+
+
+class HfrOptions(Structure):
+    """Mirror of ``hfr_options`` in csrc/hftrace.h::
+
+        typedef struct hfr_options { uint64_t check_every; uint32_t threads; uint32_t judge; } hfr_options;
+    """
+
+    _fields_ = [("check_every", c_uint64), ("threads", c_uint32), ("judge", c_uint32)]
+
+
+HFR_OUT_COUNT = len(model.Outcome)
+
+
+class HfrSummary(Structure):
+    """Mirror of ``hfr_summary`` in csrc/hftrace.h::
+
+        typedef struct hfr_summary {
+            uint64_t events_done, frees, allocs;
+            uint64_t route_counts[32];
+            uint64_t outcome_counts[HFR_OUT_COUNT];
+            uint64_t first_anomaly;
+        } hfr_summary;
+    """
+
+    _fields_ = [
+        ("events_done", c_uint64),
+        ("frees", c_uint64),
+        ("allocs", c_uint64),
+        ("route_counts", c_uint64 * 32),
+        ("outcome_counts", c_uint64 * HFR_OUT_COUNT),
+        ("first_anomaly", c_uint64),
+    ]
+
+
+HFR_MAGIC = b"HKRESLT"
+HFR_STATE_INIT, HFR_STATE_RUNNING, HFR_STATE_DONE, HFR_STATE_FAILED = range(4)
+
+
 # Mirrored structs by C name, per library; the DWARF test walks these.
 ALLOCATOR_STRUCTS: dict[str, type[Structure]] = {
     "AllocHeader": AllocHeader,
@@ -375,6 +492,11 @@ ALLOCATOR_STRUCTS: dict[str, type[Structure]] = {
 DRIVER_STRUCTS: dict[str, type[Structure]] = {
     "hfd_crash_record": HfdCrashRecord,
     "hfd_vtable": HfdVtable,
+    "hft_record": HftRecord,
+    "hfr_event": HfrEvent,
+    "hfr_header": HfrHeader,
+    "hfr_options": HfrOptions,
+    "hfr_summary": HfrSummary,
 }
 
 
@@ -428,6 +550,11 @@ _HFDRIVER_FUNCTIONS: dict[str, tuple[list[Any], Any]] = {
     "hfd_set_event_index": ([c_uint64], None),
     "hfd_probe": ([c_int, c_void_p, c_size_t], c_int),
     "hfd_probe_time": ([c_int, c_void_p, c_size_t, c_uint64, POINTER(c_uint64)], c_uint64),
+    # hftrace.h
+    "hfd_replay": ([c_void_p, c_uint64, POINTER(HfrHeader), POINTER(HfrEvent), POINTER(HfrOptions)], c_int),
+    "hfd_step_reset": ([c_uint32], c_int),
+    "hfd_step": ([POINTER(HftRecord), c_uint64, POINTER(HfrEvent)], c_int),
+    "hfd_summarize": ([POINTER(HfrEvent), c_uint64, POINTER(HfrSummary)], None),
 }
 
 # libc, for the probe test bed and raw memory access.
@@ -652,6 +779,38 @@ def _decision(d: HakFreeDecision) -> model.FreeDecision:
         magic_found=d.magic_found if model.FreeStep.MAGIC in tried else None,
         method=d.method if d.method >= 0 else None,
         tid=d.tid,
+    )
+
+
+def event_result(index: int, e: HfrEvent, *, op: str, tid: int, obj: int, probe_kind: model.ProbeKind | None) -> model.EventResult:
+    """An hfr_event record as a model record; op/tid/obj come from the trace event."""
+    decision = None
+    if e.route or e.seq:
+        tried = model.FreeStep.from_mask(e.stages_tried)
+        decision = model.FreeDecision(
+            seq=e.seq,
+            ptr=e.ptr,
+            route=model.Route.from_code(e.route),
+            action=model.Action.from_code(e.action) or model.Action.NONE,
+            tried=tried,
+            hit=model.FreeStep.from_mask(e.stages_hit),
+            probe=model.ProbeVerdict.from_code(e.probe),
+            probe_kind=probe_kind,
+            magic_found=e.magic_found if model.FreeStep.MAGIC in tried else None,
+            method=e.method if e.method >= 0 else None,
+            tid=tid,
+        )
+    return model.EventResult(
+        index=index,
+        op=op,
+        tid=tid,
+        obj=obj,
+        ptr=e.ptr,
+        owner=model.OwnerKind.from_code(e.owner) or model.OwnerKind.NONE,
+        outcome=model.Outcome.from_code(e.outcome) or model.Outcome.NONE,
+        status=model.EventStatus.from_code(e.status) or model.EventStatus.PENDING,
+        check_failed=bool(e.check_failed),
+        decision=decision,
     )
 
 
@@ -1061,6 +1220,23 @@ class Driver:
         cycles = c_uint64(0)
         ns = self._live().hfd_probe_time(self._probe_code(kind), _ptr(addr), length, n, ctypes.byref(cycles))
         return ns, cycles.value
+
+    # ---- replay (hftrace.h)
+    def step_reset(self, num_objects: int) -> None:
+        """Start a stepped replay: an empty object table for ids 1..num_objects."""
+        self._check(self._live().hfd_step_reset(num_objects), "hfd_step_reset")
+
+    def step(self, record: HftRecord, index: int) -> HfrEvent:
+        """Replay one event through the binding; the same code and record as hfd_replay."""
+        out = HfrEvent()
+        self._check(self._live().hfd_step(ctypes.byref(record), index, ctypes.byref(out)), "hfd_step")
+        return out
+
+    def summarize(self, events_address: int, n: int) -> HfrSummary:
+        """Aggregate n hfr_event records at events_address (route and outcome counts)."""
+        out = HfrSummary()
+        self._live().hfd_summarize(ctypes.cast(events_address, POINTER(HfrEvent)), n, ctypes.byref(out))
+        return out
 
 
 # ----------------------------------------------------------- crash record buffers

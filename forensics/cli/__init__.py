@@ -86,9 +86,12 @@ def _root(
 
 
 def _register() -> None:
-    from forensics.cli import info
+    from forensics.cli import convert, gen, info, replay
 
     app.command("info", epilog=EXIT_CODES_EPILOG)(info.info)
+    app.command("replay", epilog=EXIT_CODES_EPILOG)(replay.replay)
+    app.command("convert", epilog=EXIT_CODES_EPILOG)(convert.convert)
+    app.add_typer(gen.app, name="gen")
 
 
 _register()

@@ -1,0 +1,332 @@
+/* hfreplay_main.c - hfreplay, the standalone native replay: one binary trace through one
+ * allocator in this process, results into a shared result file. It is what the toolkit runs
+ * in its replay child, and what a user runs under valgrind, gdb or perf. */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "hakmem.h"
+#include "hftrace.h"
+
+#define EXIT_USAGE 2
+#define EXIT_BAD_INPUT 3
+#define EXIT_SYSTEM 4
+#define MAX_KNOBS 256
+
+static const char k_usage[] =
+    "usage: hfreplay TRACE.htb (--lib PATH | --libc) [--knob NAME=VALUE]... [--check-every N] [--threads]\n"
+    "                [--no-judge] [--results-fd FD | --results FILE] [--quiet]\n"
+    "Replays a binary trace through an allocator (a library with the hakmem ABI, or libc malloc) and\n"
+    "writes one result record per event to the result file. Knobs: the trace's '# knob' lines, then\n"
+    "--knob (which override them), all applied before the first allocation.\n"
+    "Exit status: 0 replay done; 2 usage; 3 bad trace, library or knob; 4 system error (result file);\n"
+    "killed by the allocator's signal (SIGSEGV, ...) when the replay crashes, the crash record kept.\n";
+
+static const char *const k_outcome_names[HFR_OUT_COUNT] = {
+    "none", "correct", "misrouted", "leaked", "invalid_magic", "crashed", "detected_invalid"};
+
+static hfr_header *g_res;   /* where failures are recorded, once mapped */
+
+static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void usage_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("hfreplay: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs(" (hfreplay --help for usage)\n", stderr);
+    va_end(ap);
+    exit(EXIT_USAGE);
+}
+
+/* One line on stderr, the same text in the result file, state FAILED. */
+static void fail(int status, const char *file, const char *fmt, ...) __attribute__((format(printf, 3, 4), noreturn));
+static void fail(int status, const char *file, const char *fmt, ...) {
+    char reason[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+    for (char *p = reason; *p; p++)
+        if (*p == '\n' || *p == '\r') *p = ' ';
+    fprintf(stderr, "hfreplay: %s: %s\n", file, reason);
+    if (g_res) {
+        /* The file is the caller's; the result file keeps the reason, as hfd_replay writes it. */
+        size_t l = strlen(reason);
+        if (l >= sizeof g_res->error) l = sizeof g_res->error - 1;
+        memcpy(g_res->error, reason, l);
+        g_res->error[l] = '\0';
+        __atomic_store_n(&g_res->state, (uint32_t)HFR_STATE_FAILED, __ATOMIC_SEQ_CST);
+    }
+    exit(status);
+}
+
+static uint64_t parse_u64(const char *opt, const char *s) {
+    char *end = NULL;
+    errno = 0;
+    if (!s || !*s || *s == '-') usage_error("%s needs a non-negative number, got '%s'", opt, s ? s : "");
+    unsigned long long v = strtoull(s, &end, 0);
+    if (errno || *end) usage_error("%s needs a non-negative number, got '%s'", opt, s);
+    return (uint64_t)v;
+}
+
+struct knob {
+    char name[128];
+    char value[256];
+    const char *origin;   /* file the knob came from, for messages */
+    unsigned line;        /* header line, 0 for --knob */
+};
+
+static int split_knob(const char *s, size_t len, struct knob *k) {
+    const char *eq = memchr(s, '=', len);
+    if (!eq || eq == s) return -1;
+    size_t nl = (size_t)(eq - s), vl = len - nl - 1;
+    if (nl >= sizeof k->name || vl >= sizeof k->value) return -1;
+    memcpy(k->name, s, nl);
+    k->name[nl] = '\0';
+    memcpy(k->value, eq + 1, vl);
+    k->value[vl] = '\0';
+    for (size_t i = 0; i < nl; i++)
+        if (k->name[i] == ' ' || k->name[i] == '\t') return -1;
+    return 0;
+}
+
+/* The "# knob NAME=VALUE" lines of the trace's header text. */
+static int header_knobs(const char *trace_path, const void *map, uint64_t len, struct knob *out, int max) {
+    if (len < sizeof(hft_header)) return 0;
+    const hft_header *h = map;
+    if (sizeof(hft_header) + (uint64_t)h->text_len > len) return 0;   /* validation reported it */
+    const char *t = (const char *)map + sizeof(hft_header), *end = t + h->text_len;
+    int n = 0;
+    unsigned line = 0;
+    static const char prefix[] = "# knob ";
+    while (t < end) {
+        const char *nl = memchr(t, '\n', (size_t)(end - t));
+        const char *le = nl ? nl : end;
+        line++;
+        size_t ll = (size_t)(le - t);
+        while (ll && (t[ll - 1] == '\r' || t[ll - 1] == ' ' || t[ll - 1] == '\t')) ll--;
+        if (ll >= sizeof prefix - 1 && memcmp(t, prefix, sizeof prefix - 1) == 0) {
+            if (n == max) fail(EXIT_BAD_INPUT, trace_path, "header line %u: more than %d knob lines", line, max);
+            const char *kv = t + sizeof prefix - 1;
+            size_t kl = ll - (sizeof prefix - 1);
+            while (kl && (*kv == ' ' || *kv == '\t')) { kv++; kl--; }
+            if (split_knob(kv, kl, &out[n]) != 0)
+                fail(EXIT_BAD_INPUT, trace_path, "header line %u: malformed knob line '%.*s' (expected '# knob NAME=VALUE')",
+                     line, (int)(ll > 200 ? 200 : ll), t);
+            out[n].origin = trace_path;
+            out[n].line = line;
+            n++;
+        }
+        t = nl ? nl + 1 : end;
+    }
+    return n;
+}
+
+static const char *route_name(const char *(*fn)(uint32_t), uint32_t r, char *buf, size_t cap) {
+    const char *s = fn ? fn(r) : NULL;
+    if (s && strcmp(s, "unknown") != 0) return s;
+    if (r == 0) return "none";
+    snprintf(buf, cap, "route %u", r);
+    return buf;
+}
+
+int main(int argc, char **argv) {
+    const char *trace_path = NULL, *lib = NULL, *results_file = NULL;
+    int use_libc = 0, threads = 0, judge = 1, quiet = 0, results_fd = -1;
+    uint64_t check_every = 0;
+    static struct knob knobs[MAX_KNOBS];
+    static struct knob opt_knobs[MAX_KNOBS];
+    int n_opt_knobs = 0;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+#define NEED_ARG() do { if (i + 1 >= argc) usage_error("%s needs an argument", a); } while (0)
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(k_usage, stdout);
+            return 0;
+        } else if (strcmp(a, "--lib") == 0) {
+            NEED_ARG();
+            lib = argv[++i];
+        } else if (strcmp(a, "--libc") == 0) {
+            use_libc = 1;
+        } else if (strcmp(a, "--knob") == 0) {
+            NEED_ARG();
+            const char *kv = argv[++i];
+            if (n_opt_knobs == MAX_KNOBS) usage_error("more than %d --knob options", MAX_KNOBS);
+            if (split_knob(kv, strlen(kv), &opt_knobs[n_opt_knobs]) != 0)
+                usage_error("--knob needs NAME=VALUE, got '%s'", kv);
+            opt_knobs[n_opt_knobs].origin = "--knob";
+            opt_knobs[n_opt_knobs].line = 0;
+            n_opt_knobs++;
+        } else if (strcmp(a, "--check-every") == 0) {
+            NEED_ARG();
+            check_every = parse_u64(a, argv[++i]);
+        } else if (strcmp(a, "--threads") == 0) {
+            threads = 1;
+        } else if (strcmp(a, "--no-judge") == 0) {
+            judge = 0;
+        } else if (strcmp(a, "--results-fd") == 0) {
+            NEED_ARG();
+            uint64_t fd = parse_u64(a, argv[++i]);
+            if (fd > 1u << 30) usage_error("--results-fd %s is not a file descriptor", argv[i]);
+            results_fd = (int)fd;
+        } else if (strcmp(a, "--results") == 0) {
+            NEED_ARG();
+            results_file = argv[++i];
+        } else if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) {
+            quiet = 1;
+        } else if (a[0] == '-' && a[1]) {
+            usage_error("unknown option '%s'", a);
+        } else if (!trace_path) {
+            trace_path = a;
+        } else {
+            usage_error("more than one trace ('%s' and '%s')", trace_path, a);
+        }
+#undef NEED_ARG
+    }
+    if (!trace_path) usage_error("no trace given");
+    if (!!lib + use_libc != 1) usage_error("give exactly one of --lib PATH and --libc");
+    if (results_fd >= 0 && results_file) usage_error("give at most one of --results-fd and --results");
+
+    /* The trace, read-only and in place. A failure to open it is reported once the result
+     * file exists, so that the caller finds the reason there too. */
+    const void *map = NULL;
+    uint64_t len = 0;
+    char open_err[300] = "";
+    int tfd = open(trace_path, O_RDONLY | O_CLOEXEC);
+    struct stat stt;
+    if (tfd < 0) {
+        snprintf(open_err, sizeof open_err, "cannot open: %s", strerror(errno));
+    } else if (fstat(tfd, &stt) != 0 || !S_ISREG(stt.st_mode)) {
+        snprintf(open_err, sizeof open_err, "not a regular file");
+    } else if (stt.st_size > 0) {
+        len = (uint64_t)stt.st_size;
+        void *m = mmap(NULL, (size_t)len, PROT_READ, MAP_PRIVATE, tfd, 0);
+        if (m == MAP_FAILED) snprintf(open_err, sizeof open_err, "cannot map %" PRIu64 " bytes: %s", len, strerror(errno));
+        else map = m;
+    } else {
+        map = "";   /* empty file: validation says what is wrong with it */
+    }
+    if (tfd >= 0) close(tfd);
+
+    /* Size the results by the header's event count, but never beyond what the file holds. */
+    uint64_t n = 0;
+    if (map && len >= sizeof(hft_header)) {
+        const hft_header *h = map;
+        if (h->records_offset <= len && h->num_events <= (len - h->records_offset) / sizeof(hft_record))
+            n = h->num_events;
+    }
+    size_t res_size = sizeof(hfr_header) + (size_t)n * sizeof(hfr_event);
+    const char *res_name = results_file ? results_file : "--results-fd";
+    void *rm;
+    if (results_fd >= 0 || results_file) {
+        int fd = results_fd;
+        if (results_file) {
+            fd = open(results_file, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+            if (fd < 0) fail(EXIT_SYSTEM, res_name, "cannot create: %s", strerror(errno));
+        }
+        if (ftruncate(fd, (off_t)res_size) != 0) fail(EXIT_SYSTEM, res_name, "cannot size to %zu bytes: %s", res_size, strerror(errno));
+        rm = mmap(NULL, res_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (rm == MAP_FAILED) fail(EXIT_SYSTEM, res_name, "cannot map %zu bytes: %s", res_size, strerror(errno));
+        if (results_file) close(fd);
+    } else {
+        rm = mmap(NULL, res_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (rm == MAP_FAILED) fail(EXIT_SYSTEM, "results", "cannot map %zu bytes: %s", res_size, strerror(errno));
+    }
+    hfr_header *res = rm;
+    hfr_event *events = (hfr_event *)(res + 1);
+    memcpy(res->magic, HFR_MAGIC, sizeof res->magic);
+    res->version = HFR_VERSION;
+    res->event_size = sizeof(hfr_event);
+    res->num_events = n;
+    res->events_done = 0;
+    res->threads_used = 0;
+    res->first_check_failure = UINT64_MAX;
+    res->check_msg[0] = '\0';
+    res->error[0] = '\0';
+    res->crash.magic = 0;
+    __atomic_store_n(&res->state, (uint32_t)HFR_STATE_RUNNING, __ATOMIC_SEQ_CST);
+    g_res = res;
+
+    if (!map) fail(EXIT_BAD_INPUT, trace_path, "%s", open_err);
+    if (hfd_trace_validate(map, len) != HFD_OK) fail(EXIT_BAD_INPUT, trace_path, "%s", hfd_last_error());
+
+    /* The allocator, then its knobs, before anything is allocated through it. */
+    void *handle = NULL;
+    int (*set_knob)(const char *, const char *) = NULL;
+    const char *(*last_error)(void) = NULL;
+    const char *(*route_fn)(uint32_t) = NULL;
+    if (use_libc) {
+        if (hfd_bind_libc() != HFD_OK) fail(EXIT_BAD_INPUT, "libc", "%s", hfd_last_error());
+    } else {
+        if (hfd_bind_library(lib) != HFD_OK) fail(EXIT_BAD_INPUT, lib, "%s", hfd_last_error());
+        handle = dlopen(lib, RTLD_NOW | RTLD_NOLOAD);
+        if (handle) {
+            *(void **)&set_knob = dlsym(handle, "hak_set_knob");
+            *(void **)&last_error = dlsym(handle, "hak_last_error");
+            *(void **)&route_fn = dlsym(handle, "hak_route_name");
+        }
+    }
+    int n_knobs = header_knobs(trace_path, map, len, knobs, MAX_KNOBS);
+    for (int k = 0; k < n_opt_knobs; k++) {
+        if (n_knobs == MAX_KNOBS) usage_error("more than %d knobs", MAX_KNOBS);
+        knobs[n_knobs++] = opt_knobs[k];
+    }
+    if (use_libc) {
+        if (n_knobs) fprintf(stderr, "hfreplay: note: --libc: %d knob%s ignored\n", n_knobs, n_knobs == 1 ? "" : "s");
+    } else if (n_knobs) {
+        if (!set_knob) fail(EXIT_BAD_INPUT, lib, "has no hak_set_knob, so knob %s=%s cannot be set", knobs[0].name, knobs[0].value);
+        for (int k = 0; k < n_knobs; k++) {
+            if (set_knob(knobs[k].name, knobs[k].value) == 0) continue;
+            const char *why = last_error ? last_error() : "rejected";
+            if (knobs[k].line)
+                fail(EXIT_BAD_INPUT, knobs[k].origin, "header line %u: knob %s=%s: %s", knobs[k].line, knobs[k].name,
+                     knobs[k].value, why);
+            fail(EXIT_BAD_INPUT, lib, "--knob %s=%s: %s", knobs[k].name, knobs[k].value, why);
+        }
+    }
+
+    if (hfd_install_crash_handler(&res->crash) != HFD_OK) fail(EXIT_SYSTEM, trace_path, "%s", hfd_last_error());
+    hfr_options opts = {.check_every = check_every, .threads = (uint32_t)threads, .judge = (uint32_t)judge};
+    int rc = hfd_replay(map, len, res, events, &opts);
+    if (rc != HFD_OK) fail(rc == HFD_ESYS ? EXIT_SYSTEM : EXIT_BAD_INPUT, trace_path, "%s", hfd_last_error());
+    __atomic_store_n(&res->state, (uint32_t)HFR_STATE_DONE, __ATOMIC_SEQ_CST);
+    if (res->error[0]) fprintf(stderr, "hfreplay: %s: %s\n", trace_path, res->error);
+
+    if (!quiet) {
+        hfr_summary s;
+        hfd_summarize(events, res->num_events, &s);
+        char buf[32];
+        printf("trace     %s\n", trace_path);
+        printf("allocator %s\n", use_libc ? "libc" : lib);
+        printf("events    %" PRIu64 " done of %" PRIu64 " on %u thread%s\n", s.events_done, res->num_events,
+               res->threads_used, res->threads_used == 1 ? "" : "s");
+        printf("allocs    %" PRIu64 "\n", s.allocs);
+        printf("frees     %" PRIu64 "\n", s.frees);
+        printf("routes\n");
+        for (uint32_t r = 0; r < 32; r++)
+            if (s.route_counts[r]) printf("  %-28s %" PRIu64 "\n", route_name(route_fn, r, buf, sizeof buf), s.route_counts[r]);
+        printf("outcomes\n");
+        for (int o = 1; o < HFR_OUT_COUNT; o++)
+            if (s.outcome_counts[o]) printf("  %-28s %" PRIu64 "\n", k_outcome_names[o], s.outcome_counts[o]);
+        if (s.first_anomaly != UINT64_MAX)
+            printf("first anomaly: event %" PRIu64 " (%s)\n", s.first_anomaly,
+                   k_outcome_names[events[s.first_anomaly].outcome < HFR_OUT_COUNT ? events[s.first_anomaly].outcome : 0]);
+        else
+            printf("first anomaly: none\n");
+        if (res->first_check_failure != UINT64_MAX)
+            printf("first check failure: event %" PRIu64 ": %s\n", res->first_check_failure, res->check_msg);
+        else if (check_every)
+            printf("first check failure: none (checked every %" PRIu64 " events)\n", check_every);
+        fflush(stdout);
+    }
+    return 0;
+}

@@ -1,0 +1,95 @@
+"""`hakmem-forensics replay`: replay a trace in a child process and report routes, outcomes, crash."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from forensics import fixtures
+from forensics.cli.common import write_json
+from forensics.errors import BadInputError
+from forensics.replay import DEFAULT_TIMEOUT, ReplayConfig, run_replay
+from forensics.report import replay as replay_report
+from forensics.theme import make_console
+
+
+class ProbeChoice(str, Enum):
+    off = "off"
+    seed_mincore = "seed-mincore"
+    seed_msync = "seed-msync"
+    mincore = "mincore"
+    safe = "safe"
+
+
+class ModeChoice(str, Enum):
+    direct = "direct"
+    ldpreload = "ldpreload"
+
+
+class AllocatorChoice(str, Enum):
+    hakmem = "hakmem"
+    libc = "libc"
+
+
+def _parse_knobs(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise BadInputError(f"--knob {item!r}: expected NAME=VALUE, e.g. HAKMEM_SS_REG_CAPACITY=4")
+        out[name] = value
+    return out
+
+
+def replay(
+    trace: Annotated[
+        Optional[Path],
+        typer.Argument(help=f"Trace to replay (text or binary). Default: the bundled {fixtures.DEFAULT_TRACE}, which reproduces the seed's SEGV.", show_default=False),
+    ] = None,
+    lib: Annotated[Optional[Path], typer.Option("--lib", metavar="PATH", help="Allocator library (default: $HAKMEM_LIB, else the bundled hakmem-ref).")] = None,
+    allocator: Annotated[AllocatorChoice, typer.Option("--allocator", help="'libc' replays against glibc malloc/free: the baseline.")] = AllocatorChoice.hakmem,
+    probe: Annotated[Optional[ProbeChoice], typer.Option("--probe", help="Header readability probe (HAKMEM_HEADER_PROBE); default: the trace's knob, else off.")] = None,
+    mode: Annotated[Optional[ModeChoice], typer.Option("--mode", help="HAKMEM_MODE; default: the trace's knob, else direct.")] = None,
+    knob: Annotated[Optional[list[str]], typer.Option("--knob", metavar="NAME=VALUE", help="Any other HAKMEM_* knob; repeatable; wins over the trace header.")] = None,
+    check_every: Annotated[int, typer.Option("--check-every", min=0, metavar="N", help="Run the allocator's consistency check every N events and name the first event after which it fails (0: never).")] = 0,
+    serial: Annotated[bool, typer.Option("--serial", help="Replay every thread's events on one thread, in trace order.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=1.0, metavar="SECONDS", help="Kill the replay after this long and report a hang.")] = DEFAULT_TIMEOUT,
+    json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE|-", help=f"Also write the result as JSON (schema {replay_report.SCHEMA}); '-' = stdout only.")] = None,
+) -> None:
+    """Replay a trace against the allocator in a child process: route table, outcome table, crash panel.
+
+    Every free is judged by the route oracle (the owner recorded at allocation against the
+    route the free took): correct, misrouted, leaked, invalid_magic, crashed, detected_invalid.
+    A crash or hang in the allocator is part of the report, never the end of the toolkit.
+    """
+    path = trace if trace is not None else fixtures.find_fixture()
+    if lib is not None and allocator is AllocatorChoice.libc:
+        raise BadInputError("--lib and --allocator libc exclude each other")
+    config = ReplayConfig(
+        lib=str(lib) if lib else None,
+        libc=allocator is AllocatorChoice.libc,
+        probe=probe.value if probe else None,
+        mode=mode.value if mode else None,
+        knobs=_parse_knobs(knob or []),
+        check_every=check_every,
+        threads=not serial,
+        timeout=timeout,
+    )
+    err = make_console(stderr=True)
+    quiet = json_out == "-"
+    with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True, disable=quiet) as bar:
+        task = bar.add_task("replay", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = run_replay(path, config, progress=progress)
+    if json_out is not None:
+        write_json(replay_report.to_json(result), json_out)
+        if quiet:
+            return
+    replay_report.render(result, make_console())
