@@ -296,7 +296,9 @@ HAK_API void hak_tiny_free(void *ptr);
  *   HAKMEM_INVALID_FREE_LOG     0|1   g_invalid_free_log  (default 1)
  *   HAKMEM_HEADER_PROBE         off|seed-mincore|seed-msync|mincore|safe (default off)
  *   HAKMEM_FREE_ROUTE_TRACE     0|1   one stderr line per free
- *   HAKMEM_SUPER_REG_REQTRACE   0|1|2 registry request ring (2: also print each request)
+ *   HAKMEM_SUPER_REG_REQTRACE   0|1|2|3 registry request ring (2: also print each request;
+ *                                     3: record only changes - register, unregister, capacity_error,
+ *                                     dropped - so lookups never push them out of the ring)
  *   HAKMEM_TINY / HAKMEM_POOL / HAKMEM_L25   0|1 pool features (off: MALLOC method)
  *   HAKMEM_BIGCACHE / HAKMEM_BIGCACHE_L25 / HAKMEM_BATCH_MADVISE / HAKMEM_WHALE   0|1
  *   HAKMEM_SS_REG_CAPACITY      N     SuperSlab registry capacity (SP_META_CAPACITY_ERROR beyond)

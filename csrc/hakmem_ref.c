@@ -271,7 +271,7 @@ static const knob_def k_knobs[] = {
     {"HAKMEM_INVALID_FREE_LOG", KB_BOOL, &K.invalid_free_log, NULL, 0, 1},
     {"HAKMEM_HEADER_PROBE", KB_ENUM, &K.probe, k_probe_names, 0, HAK_PROBE_COUNT - 1},
     {"HAKMEM_FREE_ROUTE_TRACE", KB_BOOL, &K.route_trace, NULL, 0, 1},
-    {"HAKMEM_SUPER_REG_REQTRACE", KB_LONG, &K.reqtrace, NULL, 0, 2},
+    {"HAKMEM_SUPER_REG_REQTRACE", KB_LONG, &K.reqtrace, NULL, 0, 3},
     {"HAKMEM_TINY", KB_BOOL, &K.feat_tiny, NULL, 0, 1},
     {"HAKMEM_POOL", KB_BOOL, &K.feat_pool, NULL, 0, 1},
     {"HAKMEM_L25", KB_BOOL, &K.feat_l25, NULL, 0, 1},
@@ -369,7 +369,7 @@ static void reqtrace_add(uint32_t op, uint32_t reg, uintptr_t base, uintptr_t ad
     r->live = live < 0 ? 0 : (uint32_t)live;
     r->pad = 0;
     r->tid = cur_tid();
-    if (K.reqtrace >= 2) reqtrace_print(r);
+    if (K.reqtrace == 2) reqtrace_print(r);
 }
 
 /* ----------------------------------------------------------- registries */
@@ -420,7 +420,7 @@ static int32_t region_live(uint32_t kind, const void *meta);
 static void *reg_lookup(registry *r, uintptr_t addr) {
     uintptr_t base = addr & ~(r->align - 1);
     void *v = hm_get(&r->map, base);
-    if (K.reqtrace) reqtrace_add(v ? HAK_REQ_LOOKUP_HIT : HAK_REQ_LOOKUP_MISS, r->kind, base, addr, v ? region_live(r->kind, v) : 0);
+    if (K.reqtrace && K.reqtrace != 3) reqtrace_add(v ? HAK_REQ_LOOKUP_HIT : HAK_REQ_LOOKUP_MISS, r->kind, base, addr, v ? region_live(r->kind, v) : 0);
     return v;
 }
 

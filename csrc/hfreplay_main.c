@@ -10,10 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/personality.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "hakmem.h"
+#include "hfinspect.h"
 #include "hftrace.h"
 
 #define EXIT_USAGE 2
@@ -23,10 +25,15 @@
 
 static const char k_usage[] =
     "usage: hfreplay TRACE.htb (--lib PATH | --libc) [--knob NAME=VALUE]... [--check-every N] [--threads]\n"
-    "                [--no-judge] [--results-fd FD | --results FILE] [--quiet]\n"
+    "                [--no-judge] [--results-fd FD | --results FILE] [--quiet] [--aslr]\n"
+    "                [--stop-before N [--inspect-addr ADDR]... [--inspect-out FILE]]\n"
     "Replays a binary trace through an allocator (a library with the hakmem ABI, or libc malloc) and\n"
     "writes one result record per event to the result file. Knobs: the trace's '# knob' lines, then\n"
     "--knob (which override them), all applied before the first allocation.\n"
+    "ASLR is switched off (the process re-executes itself once) so that a serial replay puts every\n"
+    "block at the same address each run; --aslr keeps it. --stop-before N replays events 0..N-1 one\n"
+    "by one, then prints a JSON description of the heap as event N is about to see it (its pointer,\n"
+    "the bytes around its header, owners, probe verdicts, registry history, check, memory map).\n"
     "Exit status: 0 replay done; 2 usage; 3 bad trace, library or knob; 4 system error (result file);\n"
     "killed by the allocator's signal (SIGSEGV, ...) when the replay crashes, the crash record kept.\n";
 
@@ -142,6 +149,10 @@ int main(int argc, char **argv) {
     const char *trace_path = NULL, *lib = NULL, *results_file = NULL;
     int use_libc = 0, threads = 0, judge = 1, quiet = 0, results_fd = -1;
     uint64_t check_every = 0;
+    uint64_t stop_before = UINT64_MAX;
+    uint64_t extra_addrs[64];
+    int n_extra = 0, keep_aslr = 0;
+    const char *inspect_out = NULL;
     static struct knob knobs[MAX_KNOBS];
     static struct knob opt_knobs[MAX_KNOBS];
     int n_opt_knobs = 0;
@@ -183,6 +194,18 @@ int main(int argc, char **argv) {
             results_file = argv[++i];
         } else if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) {
             quiet = 1;
+        } else if (strcmp(a, "--aslr") == 0) {
+            keep_aslr = 1;
+        } else if (strcmp(a, "--stop-before") == 0) {
+            NEED_ARG();
+            stop_before = parse_u64(a, argv[++i]);
+        } else if (strcmp(a, "--inspect-addr") == 0) {
+            NEED_ARG();
+            if (n_extra == 64) usage_error("more than 64 --inspect-addr options");
+            extra_addrs[n_extra++] = parse_u64(a, argv[++i]);
+        } else if (strcmp(a, "--inspect-out") == 0) {
+            NEED_ARG();
+            inspect_out = argv[++i];
         } else if (a[0] == '-' && a[1]) {
             usage_error("unknown option '%s'", a);
         } else if (!trace_path) {
@@ -195,6 +218,17 @@ int main(int argc, char **argv) {
     if (!trace_path) usage_error("no trace given");
     if (!!lib + use_libc != 1) usage_error("give exactly one of --lib PATH and --libc");
     if (results_fd >= 0 && results_file) usage_error("give at most one of --results-fd and --results");
+    if ((n_extra || inspect_out) && stop_before == UINT64_MAX) usage_error("--inspect-addr and --inspect-out go with --stop-before");
+
+    /* Deterministic addresses: without ASLR a serial replay lays out the heap identically every
+     * run, so a second run (an inspection) sees the addresses the first one recorded. */
+    if (!keep_aslr) {
+        int pers = personality(0xffffffff);
+        if (pers != -1 && !(pers & ADDR_NO_RANDOMIZE) && personality((unsigned long)pers | ADDR_NO_RANDOMIZE) != -1) {
+            execv("/proc/self/exe", argv);
+            personality((unsigned long)pers); /* exec failed: go on with ASLR */
+        }
+    }
 
     /* The trace, read-only and in place. A failure to open it is reported once the result
      * file exists, so that the caller finds the reason there too. */
@@ -295,6 +329,16 @@ int main(int argc, char **argv) {
     }
 
     if (hfd_install_crash_handler(&res->crash) != HFD_OK) fail(EXIT_SYSTEM, trace_path, "%s", hfd_last_error());
+    if (stop_before != UINT64_MAX) {
+        FILE *out = stdout;
+        if (inspect_out && !(out = fopen(inspect_out, "w"))) fail(EXIT_SYSTEM, inspect_out, "cannot create: %s", strerror(errno));
+        char err[512];
+        if (hfi_inspect(map, res, events, stop_before, handle, judge, extra_addrs, n_extra, out, err, sizeof err) != 0)
+            fail(EXIT_BAD_INPUT, trace_path, "%s", err);
+        if (out != stdout) fclose(out);
+        __atomic_store_n(&res->state, (uint32_t)HFR_STATE_DONE, __ATOMIC_SEQ_CST);
+        return 0;
+    }
     hfr_options opts = {.check_every = check_every, .threads = (uint32_t)threads, .judge = (uint32_t)judge};
     int rc = hfd_replay(map, len, res, events, &opts);
     if (rc != HFD_OK) fail(rc == HFD_ESYS ? EXIT_SYSTEM : EXIT_BAD_INPUT, trace_path, "%s", hfd_last_error());
