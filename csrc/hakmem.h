@@ -25,7 +25,11 @@
 extern "C" {
 #endif
 
+/* The preload build (hakmem_preload.c) defines HAK_API empty before including this, so that
+ * library exports the malloc family only and a libhakmem.so loaded beside it keeps its own hak_*. */
+#ifndef HAK_API
 #define HAK_API __attribute__((visibility("default")))
+#endif
 
 #define HAK_ABI_VERSION 1u
 
@@ -294,11 +298,18 @@ HAK_API void hak_tiny_free(void *ptr);
  *   HAKMEM_MODE                 direct | ldpreload  (default: ldpreload if LD_PRELOAD names libhakmem)
  *   HAKMEM_INVALID_FREE         0|1   g_invalid_free_mode (default 1)
  *   HAKMEM_INVALID_FREE_LOG     0|1   g_invalid_free_log  (default 1)
- *   HAKMEM_HEADER_PROBE         off|seed-mincore|seed-msync|mincore|safe (default off)
+ *   HAKMEM_HEADER_PROBE         off|seed-mincore|seed-msync|mincore|safe (default off; safe in
+ *                                     the preload library libhakmem_preload.so)
  *   HAKMEM_FREE_ROUTE_TRACE     0|1   one stderr line per free
- *   HAKMEM_SUPER_REG_REQTRACE   0|1|2|3 registry request ring (2: also print each request;
+ *   HAKMEM_SUPER_REG_REQTRACE   0|1|2|3|4 registry request ring (2: also print each request;
  *                                     3: record only changes - register, unregister, capacity_error,
- *                                     dropped - so lookups never push them out of the ring)
+ *                                     dropped - so lookups never push them out of the ring;
+ *                                     4: as 3, and print each change as it happens)
+ *   HAKMEM_ALLOC_TRACE          0|1   one [hakmem-alloc] line per allocation (path, size, pointer)
+ *   HAKMEM_TRACE_FD             N     the fd hakmem's lines go to (default 2, stderr)
+ *   HAKMEM_TRACE_FILE           PATH  environment only: append hakmem's lines to PATH instead of
+ *                                     fd 2; "%p" in PATH becomes the process id (one file per
+ *                                     process, also after fork in the preload library)
  *   HAKMEM_TINY / HAKMEM_POOL / HAKMEM_L25   0|1 pool features (off: MALLOC method)
  *   HAKMEM_BIGCACHE / HAKMEM_BIGCACHE_L25 / HAKMEM_BATCH_MADVISE / HAKMEM_WHALE   0|1
  *   HAKMEM_SS_REG_CAPACITY      N     SuperSlab registry capacity (SP_META_CAPACITY_ERROR beyond)

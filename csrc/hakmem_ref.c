@@ -14,6 +14,7 @@
 #include "probes.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -25,6 +26,11 @@
 
 #ifndef HAKMEM_BUILD_RELEASE
 #define HAKMEM_BUILD_RELEASE 0
+#endif
+/* The preload build defaults to the safe probe: a real program frees pointers no registry knows
+ * (libc's, ld.so's), and reading their ptr - HEADER_SIZE unprobed is the seed's SEGV. */
+#ifndef HAK_DEFAULT_PROBE
+#define HAK_DEFAULT_PROBE HAK_PROBE_OFF
 #endif
 
 extern void *__libc_malloc(size_t);
@@ -51,6 +57,10 @@ static const uint32_t k_l25_class_bytes[HAK_L25_NUM_CLASSES] = {65536, 131072, 2
 _Static_assert(sizeof(AllocHeader) == HAK_HEADER_SIZE, "AllocHeader must be HAK_HEADER_SIZE bytes");
 
 /* --------------------------------------------------------------- logging */
+/* hakmem's lines go to this fd: 2 unless HAKMEM_TRACE_FD / HAKMEM_TRACE_FILE say otherwise, so a
+ * traced program's own stderr can stay the program's (hakmem-forensics run). */
+static volatile int g_log_fd = 2;
+
 static void hak_logv(const char *fmt, va_list ap) {
     char buf[768];
     int n = vsnprintf(buf, sizeof buf, fmt, ap);
@@ -58,7 +68,7 @@ static void hak_logv(const char *fmt, va_list ap) {
     if ((size_t)n >= sizeof buf) n = sizeof buf - 1;
     ssize_t off = 0;
     while (off < n) {
-        ssize_t w = write(2, buf + off, (size_t)(n - off));
+        ssize_t w = write(g_log_fd, buf + off, (size_t)(n - off));
         if (w <= 0) break;
         off += w;
     }
@@ -247,8 +257,9 @@ static struct {
     long ss_drop_every, mid_drop_every, l25_drop_every;
     long ss_early_release;
     long ss_guard;
+    long alloc_trace, trace_fd;
 } K = {
-    .invalid_free_mode = 1, .invalid_free_log = 1, .probe = HAK_PROBE_OFF,
+    .invalid_free_mode = 1, .invalid_free_log = 1, .probe = HAK_DEFAULT_PROBE, .trace_fd = 2,
     .feat_tiny = 1, .feat_pool = 1, .feat_l25 = 1, .feat_bigcache = 1, .feat_whale = 1,
     .ss_reg_capacity = 65536,
 };
@@ -271,7 +282,7 @@ static const knob_def k_knobs[] = {
     {"HAKMEM_INVALID_FREE_LOG", KB_BOOL, &K.invalid_free_log, NULL, 0, 1},
     {"HAKMEM_HEADER_PROBE", KB_ENUM, &K.probe, k_probe_names, 0, HAK_PROBE_COUNT - 1},
     {"HAKMEM_FREE_ROUTE_TRACE", KB_BOOL, &K.route_trace, NULL, 0, 1},
-    {"HAKMEM_SUPER_REG_REQTRACE", KB_LONG, &K.reqtrace, NULL, 0, 3},
+    {"HAKMEM_SUPER_REG_REQTRACE", KB_LONG, &K.reqtrace, NULL, 0, 4},
     {"HAKMEM_TINY", KB_BOOL, &K.feat_tiny, NULL, 0, 1},
     {"HAKMEM_POOL", KB_BOOL, &K.feat_pool, NULL, 0, 1},
     {"HAKMEM_L25", KB_BOOL, &K.feat_l25, NULL, 0, 1},
@@ -287,6 +298,8 @@ static const knob_def k_knobs[] = {
     {"HAKMEM_L25_REG_DROP_EVERY", KB_LONG, &K.l25_drop_every, NULL, 0, 1L << 30},
     {"HAKMEM_SS_EARLY_RELEASE", KB_LONG, &K.ss_early_release, NULL, 0, 1L << 20},
     {"HAKMEM_SS_GUARD", KB_ENUM, &K.ss_guard, k_guard_names, 0, 1},
+    {"HAKMEM_ALLOC_TRACE", KB_BOOL, &K.alloc_trace, NULL, 0, 1},
+    {"HAKMEM_TRACE_FD", KB_LONG, &K.trace_fd, NULL, 0, 1L << 20},
 };
 #define NKNOBS (sizeof k_knobs / sizeof k_knobs[0])
 
@@ -321,13 +334,58 @@ static int knob_parse(const knob_def *d, const char *value, long *out) {
 /* ---------------------------------------------------------------- state */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+/* HAKMEM_TRACE_FILE: "%p" becomes the pid. Kept so the preload library can reopen it in a
+ * forked child. Opened O_APPEND (whole lines from several processes never interleave) and
+ * moved to a high fd, out of the way of programs that expect their own low fd numbers. */
+static char g_trace_path[512];
+static int g_trace_file_fd = -1;
+
+static int trace_file_open(void) {
+    char path[600];
+    size_t o = 0;
+    for (const char *s = g_trace_path; *s && o + 24 < sizeof path; s++) {
+        if (s[0] == '%' && s[1] == 'p') {
+            o += (size_t)snprintf(path + o, sizeof path - o, "%ld", (long)getpid());
+            s++;
+        } else {
+            path[o++] = *s;
+        }
+    }
+    path[o] = 0;
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        hak_log("[hakmem] WARNING: cannot open HAKMEM_TRACE_FILE %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, 900);
+    if (high >= 0) { close(fd); fd = high; }
+    g_trace_file_fd = fd;
+    g_log_fd = fd;
+    K.trace_fd = fd;
+    return fd;
+}
+
+/* First line of a process image in its trace file: a log can then tell the images of one pid
+ * (exec) and of its forks apart. free_seq: frees counted before this image's first line (a
+ * forked child continues its parent's count). */
 static uint64_t g_free_seq;
 static hak_stats g_stats;
+
+static void trace_process_line(const char *start) {
+    hak_log("[hakmem] PROCESS: pid=%ld ppid=%ld start=%s free_seq=%llu mode=%s probe=%s\n", (long)getpid(),
+            (long)getppid(), start, (unsigned long long)g_free_seq, k_mode_names[K.mode_ldpreload], k_probe_names[K.probe]);
+}
 
 static void init_once(void) {
     g_page = hak_probe_page_size();
     const char *pre = getenv("LD_PRELOAD");
     K.mode_ldpreload = (pre && strstr(pre, "libhakmem")) ? 1 : 0;
+    const char *tf = getenv("HAKMEM_TRACE_FILE");
+    if (tf && *tf && strlen(tf) < sizeof g_trace_path) {
+        memcpy(g_trace_path, tf, strlen(tf) + 1);
+        trace_file_open();
+    }
     for (size_t i = 0; i < NKNOBS; i++) {
         const char *e = getenv(k_knobs[i].name);
         long v;
@@ -335,6 +393,11 @@ static void init_once(void) {
             if (knob_parse(&k_knobs[i], e, &v) == HAK_OK) *k_knobs[i].val = v;
             else hak_log("[hakmem] WARNING: ignoring %s\n", t_err);
         }
+        if (k_knobs[i].val == &K.trace_fd) g_log_fd = (int)K.trace_fd;
+    }
+    if (g_trace_file_fd >= 0) {
+        g_log_fd = (int)(K.trace_fd = g_trace_file_fd); /* the file wins over the fd */
+        trace_process_line("exec");
     }
 }
 
@@ -369,7 +432,7 @@ static void reqtrace_add(uint32_t op, uint32_t reg, uintptr_t base, uintptr_t ad
     r->live = live < 0 ? 0 : (uint32_t)live;
     r->pad = 0;
     r->tid = cur_tid();
-    if (K.reqtrace == 2) reqtrace_print(r);
+    if (K.reqtrace == 2 || K.reqtrace == 4) reqtrace_print(r);
 }
 
 /* ----------------------------------------------------------- registries */
@@ -420,7 +483,7 @@ static int32_t region_live(uint32_t kind, const void *meta);
 static void *reg_lookup(registry *r, uintptr_t addr) {
     uintptr_t base = addr & ~(r->align - 1);
     void *v = hm_get(&r->map, base);
-    if (K.reqtrace && K.reqtrace != 3) reqtrace_add(v ? HAK_REQ_LOOKUP_HIT : HAK_REQ_LOOKUP_MISS, r->kind, base, addr, v ? region_live(r->kind, v) : 0);
+    if (K.reqtrace && K.reqtrace < 3) reqtrace_add(v ? HAK_REQ_LOOKUP_HIT : HAK_REQ_LOOKUP_MISS, r->kind, base, addr, v ? region_live(r->kind, v) : 0);
     return v;
 }
 
@@ -1094,23 +1157,43 @@ HAK_API int hak_init(void) {
 
 HAK_API uint32_t hak_abi_version(void) { return HAK_ABI_VERSION; }
 
+/* HAKMEM_ALLOC_TRACE: one line per allocation, so a route log can say what each freed pointer
+ * was allocated as (docs/route-trace.md). */
+enum { AP_TINY, AP_MID, AP_L25, AP_MMAP, AP_MALLOC };
+static const char *const k_alloc_path_names[] = {"tiny", "mid", "l25", "mmap", "malloc"};
+
+static void alloc_trace(void *p, size_t size, size_t align, int path) {
+    if (path == AP_MMAP && p) {
+        /* a pool block handed back out of the BigCache (HAKMEM_BIGCACHE_L25) is what its header says */
+        uint32_t m = ((AllocHeader *)((char *)p - HAK_HEADER_SIZE))->method;
+        if (m == ALLOC_METHOD_POOL) path = AP_MID;
+        else if (m == ALLOC_METHOD_L25_POOL) path = AP_L25;
+    }
+    hak_log("[hakmem-alloc] seq=%llu free_seq=%llu tid=%llu ptr=0x%lx size=%zu align=%zu path=%s\n",
+            (unsigned long long)g_stats.allocs, (unsigned long long)g_free_seq, (unsigned long long)cur_tid(),
+            (unsigned long)p, size, align, k_alloc_path_names[path]);
+}
+
 static void *alloc_locked(size_t size, uintptr_t site) {
     STAGE(HAK_AT_ALLOC);
     g_stats.allocs++;
+    size_t asked = size;
     if (size == 0) size = 1;
-    if (size <= TINY_MAX) {
-        if (K.feat_tiny) return tiny_alloc_locked((uint32_t)tiny_class_of(size));
-        return malloc_method_alloc_locked(size, site);
+    int path;
+    if (size <= TINY_MAX) path = K.feat_tiny ? AP_TINY : AP_MALLOC;
+    else if (size <= MID_MAX) path = K.feat_pool ? AP_MID : AP_MALLOC;
+    else if (size <= L25_MAX) path = K.feat_l25 ? AP_L25 : AP_MALLOC;
+    else path = AP_MMAP;
+    void *p;
+    switch (path) {
+    case AP_TINY: p = tiny_alloc_locked((uint32_t)tiny_class_of(size)); break;
+    case AP_MID: p = pool_alloc_locked(&g_mid, pool_class_of(&g_mid, size), size, site); break;
+    case AP_L25: p = pool_alloc_locked(&g_l25, pool_class_of(&g_l25, size), size, site); break;
+    case AP_MALLOC: p = malloc_method_alloc_locked(size, site); break;
+    default: p = large_alloc_locked(size, 16, site); break;
     }
-    if (size <= MID_MAX) {
-        if (K.feat_pool) return pool_alloc_locked(&g_mid, pool_class_of(&g_mid, size), size, site);
-        return malloc_method_alloc_locked(size, site);
-    }
-    if (size <= L25_MAX) {
-        if (K.feat_l25) return pool_alloc_locked(&g_l25, pool_class_of(&g_l25, size), size, site);
-        return malloc_method_alloc_locked(size, site);
-    }
-    return large_alloc_locked(size, 16, site);
+    if (K.alloc_trace) alloc_trace(p, asked, 0, path);
+    return p;
 }
 
 HAK_API void *hak_alloc_at(size_t size, uintptr_t site) {
@@ -1214,15 +1297,18 @@ HAK_API void *hak_realloc_at(void *ptr, size_t size, uintptr_t site) {
 HAK_API void *hak_memalign_at(size_t alignment, size_t size, uintptr_t site) {
     ensure_init();
     if (alignment == 0 || (alignment & (alignment - 1))) { errno = EINVAL; return NULL; }
-    if (alignment <= 16) return hak_alloc_at(size, site);
+    /* size < alignment would get a smaller Tiny class, aligned to its size only (8 for 1..8) */
+    if (alignment <= 16) return hak_alloc_at(size < alignment ? alignment : size, site);
     if (size == 0) size = 1;
     LOCK();
     void *p;
     STAGE(HAK_AT_ALLOC);
     g_stats.allocs++;
     size_t want = size > alignment ? size : alignment;
-    if (K.feat_tiny && want <= TINY_MAX) p = tiny_alloc_locked((uint32_t)tiny_class_of(want)); /* naturally aligned */
+    int tiny = K.feat_tiny && want <= TINY_MAX;
+    if (tiny) p = tiny_alloc_locked((uint32_t)tiny_class_of(want)); /* naturally aligned */
     else p = large_alloc_locked(size, alignment, site);
+    if (K.alloc_trace) alloc_trace(p, size, alignment, tiny ? AP_TINY : AP_MMAP);
     STAGE(HAK_AT_IDLE);
     UNLOCK();
     if (!p) errno = ENOMEM;
@@ -1240,6 +1326,7 @@ HAK_API int hak_set_knob(const char *name, const char *value) {
     if (rc != HAK_OK) return rc;
     LOCK();
     *d->val = v;
+    if (d->val == &K.trace_fd) g_log_fd = (int)v;
     UNLOCK();
     return HAK_OK;
 }

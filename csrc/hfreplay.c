@@ -290,6 +290,7 @@ typedef struct replay_ctx {
     int binding;
     int judge;                 /* the oracle may call vt.owner() */
     uint64_t check_every;
+    uint64_t check_from, check_to;   /* hfd_check_window: only events from..to are checked */
     obj_ent *objs;
     uint32_t nobj;
     /* consistency check: the first failure */
@@ -318,11 +319,16 @@ typedef struct replay_ctx {
     char thread_err[256];
 } replay_ctx;
 
+/* hfd_check_window: the events the following replays check (all of them by default). */
+static uint64_t g_check_from = 0, g_check_to = UINT64_MAX;
+
 static void ctx_setup(replay_ctx *c, const hfd_vtable *vt, int binding, const hfr_options *opts) {
     c->vt = *vt;
     c->binding = binding;
     c->judge = opts->judge && vt->owner != NULL;
     c->check_every = vt->debug_check ? opts->check_every : 0;
+    c->check_from = g_check_from;
+    c->check_to = g_check_to;
     c->check_seen = 0;
     c->first_check = NO_EVENT;
     c->check_msg[0] = '\0';
@@ -536,9 +542,12 @@ static void exec_event(replay_ctx *c, const hft_record *r, uint64_t i, hfr_event
     __atomic_store_n(&ev->status, (uint8_t)HFR_EV_DONE, __ATOMIC_SEQ_CST);   /* pairs with wait_done */
 }
 
-/* The consistency check after event i (every check_every events, until the first failure). */
+/* The consistency check after event i (every check_every events counted from check_from,
+ * and after check_to, until the first failure). With the default window it is every event
+ * whose index + 1 is a multiple of check_every. */
 static void check_after(replay_ctx *c, uint64_t i, hfr_event *ev) {
-    if (!c->check_every || (i + 1) % c->check_every) return;
+    if (!c->check_every || i < c->check_from || i > c->check_to) return;
+    if ((i - c->check_from + 1) % c->check_every && i != c->check_to) return;
     if (__atomic_load_n(&c->check_seen, __ATOMIC_ACQUIRE)) return;
     char msg[256];
     msg[0] = '\0';
@@ -1015,6 +1024,19 @@ HFD_API int hfd_step_options(const hfr_options *opts) {
     if (g_step_ready) {
         g_step.judge = g_step_opts.judge && g_step.vt.owner != NULL;
         g_step.check_every = g_step.vt.debug_check ? g_step_opts.check_every : 0;
+    }
+    return HFD_OK;
+}
+
+HFD_API int hfd_check_window(uint64_t from, uint64_t to) {
+    if (from > to)
+        return hfd__set_error(HFD_EINVAL, "hfd_check_window: from %llu is after to %llu", (unsigned long long)from,
+                              (unsigned long long)to);
+    g_check_from = from;
+    g_check_to = to;
+    if (g_step_ready) {
+        g_step.check_from = from;
+        g_step.check_to = to;
     }
     return HFD_OK;
 }

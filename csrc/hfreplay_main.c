@@ -25,6 +25,7 @@
 
 static const char k_usage[] =
     "usage: hfreplay TRACE.htb (--lib PATH | --libc) [--knob NAME=VALUE]... [--check-every N] [--threads]\n"
+    "                [--check-from A] [--check-to B]\n"
     "                [--no-judge] [--results-fd FD | --results FILE] [--quiet] [--aslr]\n"
     "                [--stop-before N [--inspect-addr ADDR]... [--inspect-out FILE]]\n"
     "Replays a binary trace through an allocator (a library with the hakmem ABI, or libc malloc) and\n"
@@ -34,6 +35,8 @@ static const char k_usage[] =
     "block at the same address each run; --aslr keeps it. --stop-before N replays events 0..N-1 one\n"
     "by one, then prints a JSON description of the heap as event N is about to see it (its pointer,\n"
     "the bytes around its header, owners, probe verdicts, registry history, check, memory map).\n"
+    "--check-from A / --check-to B limit --check-every to events A..B: checked after every Nth event\n"
+    "counted from A, and after B (to narrow down the first failing event with few checks).\n"
     "Exit status: 0 replay done; 2 usage; 3 bad trace, library or knob; 4 system error (result file);\n"
     "killed by the allocator's signal (SIGSEGV, ...) when the replay crashes, the crash record kept.\n";
 
@@ -148,7 +151,7 @@ static const char *route_name(const char *(*fn)(uint32_t), uint32_t r, char *buf
 int main(int argc, char **argv) {
     const char *trace_path = NULL, *lib = NULL, *results_file = NULL;
     int use_libc = 0, threads = 0, judge = 1, quiet = 0, results_fd = -1;
-    uint64_t check_every = 0;
+    uint64_t check_every = 0, check_from = 0, check_to = UINT64_MAX;
     uint64_t stop_before = UINT64_MAX;
     uint64_t extra_addrs[64];
     int n_extra = 0, keep_aslr = 0;
@@ -180,6 +183,12 @@ int main(int argc, char **argv) {
         } else if (strcmp(a, "--check-every") == 0) {
             NEED_ARG();
             check_every = parse_u64(a, argv[++i]);
+        } else if (strcmp(a, "--check-from") == 0) {
+            NEED_ARG();
+            check_from = parse_u64(a, argv[++i]);
+        } else if (strcmp(a, "--check-to") == 0) {
+            NEED_ARG();
+            check_to = parse_u64(a, argv[++i]);
         } else if (strcmp(a, "--threads") == 0) {
             threads = 1;
         } else if (strcmp(a, "--no-judge") == 0) {
@@ -219,6 +228,9 @@ int main(int argc, char **argv) {
     if (!!lib + use_libc != 1) usage_error("give exactly one of --lib PATH and --libc");
     if (results_fd >= 0 && results_file) usage_error("give at most one of --results-fd and --results");
     if ((n_extra || inspect_out) && stop_before == UINT64_MAX) usage_error("--inspect-addr and --inspect-out go with --stop-before");
+    if ((check_from || check_to != UINT64_MAX) && !check_every) usage_error("--check-from and --check-to go with --check-every");
+    if (check_from > check_to)
+        usage_error("--check-from %" PRIu64 " is after --check-to %" PRIu64, check_from, check_to);
 
     /* Deterministic addresses: without ASLR a serial replay lays out the heap identically every
      * run, so a second run (an inspection) sees the addresses the first one recorded. */
@@ -340,6 +352,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     hfr_options opts = {.check_every = check_every, .threads = (uint32_t)threads, .judge = (uint32_t)judge};
+    hfd_check_window(check_from, check_to);
     int rc = hfd_replay(map, len, res, events, &opts);
     if (rc != HFD_OK) fail(rc == HFD_ESYS ? EXIT_SYSTEM : EXIT_BAD_INPUT, trace_path, "%s", hfd_last_error());
     __atomic_store_n(&res->state, (uint32_t)HFR_STATE_DONE, __ATOMIC_SEQ_CST);
@@ -368,6 +381,9 @@ int main(int argc, char **argv) {
             printf("first anomaly: none\n");
         if (res->first_check_failure != UINT64_MAX)
             printf("first check failure: event %" PRIu64 ": %s\n", res->first_check_failure, res->check_msg);
+        else if (check_every && (check_from || check_to != UINT64_MAX))
+            printf("first check failure: none (checked every %" PRIu64 " events from %" PRIu64 " to %" PRIu64 ")\n",
+                   check_every, check_from, check_to == UINT64_MAX ? (res->num_events ? res->num_events - 1 : 0) : check_to);
         else if (check_every)
             printf("first check failure: none (checked every %" PRIu64 " events)\n", check_every);
         fflush(stdout);

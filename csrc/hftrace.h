@@ -170,6 +170,13 @@ HFD_API int hfd_step(const hft_record *rec, uint64_t index, hfr_event *out);
  * default. Kept across hfd_step_reset. */
 HFD_API int hfd_step_options(const hfr_options *opts);
 
+/* Limits the consistency check of the following hfd_replay and hfd_step calls to events
+ * from..to (inclusive): the check runs after event i when from <= i <= to and either
+ * (i - from + 1) is a multiple of check_every or i == to. The default, (0, UINT64_MAX), is
+ * every event whose index + 1 is a multiple of check_every. HFD_EINVAL if from > to. Used to
+ * narrow down the first failing event (bisection) with few checks. */
+HFD_API int hfd_check_window(uint64_t from, uint64_t to);
+
 /* Aggregates the event records (those with status DONE or STARTED). */
 HFD_API void hfd_summarize(const hfr_event *events, uint64_t n, hfr_summary *out);
 

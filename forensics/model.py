@@ -464,6 +464,7 @@ class ReplayResult:
     stderr_tail: list[str] = field(default_factory=list)  # the allocator's last stderr lines
     note: str = ""  # e.g. "no consistency check: the allocator has no hak_debug_check"
     seconds: float = 0.0
+    raw_events: bytes | None = None  # every hfr_event record (run_replay(keep_events=True)), else None
 
     @property
     def completed(self) -> bool:
@@ -472,3 +473,772 @@ class ReplayResult:
     @property
     def crashed(self) -> bool:
         return self.crash is not None or self.hang
+
+
+# ------------------------------------------------------------------------ explain
+@dataclass(frozen=True)
+class BlockRef:
+    """A block of the trace: one allocation of an object, and its free if it was freed."""
+
+    obj: int
+    ptr: int
+    size: int  # requested bytes
+    alloc_event: int
+    alloc_op: str
+    tid: int
+    site: int
+    free_event: int | None = None
+    libc: bool = False  # a libc_malloc object (not the allocator's)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an address stands among the trace's blocks, as Valgrind and ASan phrase it."""
+
+    addr: int
+    relation: str  # "inside", "before", "after", "none"
+    offset: int  # bytes inside / before / after the block
+    block: BlockRef | None
+    as_of_event: int  # the history up to (not including) this event
+    text: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One proved statement and the evidence it stands on."""
+
+    text: str
+    evidence: str = ""
+    event_index: int | None = None  # the event it happened at, when there is one
+    severity: str = "info"  # "info", "ok", "warn", "bad"
+
+
+@dataclass(frozen=True)
+class HeaderDump:
+    """The bytes at ptr - HEADER_SIZE as the free found them (read through the kernel)."""
+
+    base: int  # address of data[0]
+    data: tuple[int | None, ...]  # None: the byte could not be read
+    header_addr: int
+    header_size: int
+    magic_expected: int
+    magic_found: int | None  # from the free's decision, None if never read
+    owner_text: str  # who owns the header bytes
+    provenance: Provenance | None  # of the header address
+
+
+@dataclass(frozen=True)
+class CrashPlacement:
+    """The faulting address placed among the pointer and the mappings of the moment."""
+
+    signal: str
+    fault_address: int
+    ptr: int | None
+    stage: str
+    text: str  # e.g. "fault at ptr-32, in the unmapped gap just below SuperSlab 0x…"
+    maps_excerpt: tuple[tuple[int, int, str, bool], ...]  # (lo, hi, line, contains the fault)
+
+
+@dataclass
+class Explanation:
+    """Everything the toolkit can say about one event (or one address at one event)."""
+
+    event: EventResult | None
+    addr: int
+    provenance: Provenance
+    expected: str  # what the owner needs ("hak_tiny_free via ss_hit", ...)
+    stages: list[Finding]
+    header: HeaderDump | None
+    crash: CrashPlacement | None
+    causes: list[Finding]  # the chain the toolkit can prove, oldest first
+    verdict: str  # one line
+    facts: dict | None = None  # the raw inspection document (hfreplay --stop-before)
+
+
+# ------------------------------------------------------------- minimize, diff, firstbad
+class SignatureKind(str, Enum):
+    """What `minimize` keeps of a failure."""
+
+    CRASH = "crash"  # the same signal, in the same stage, during the same op
+    OUTCOME = "outcome"  # an anomaly of the same outcome class on the same owner kind of block
+    ROUTE = "route"  # a free taking the same route on the same owner kind of block
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class FailureSignature:
+    """The failure a minimization keeps, taken from one event of the original replay."""
+
+    kind: SignatureKind
+    event_index: int  # the event of the original trace it was taken from
+    op: str
+    owner: OwnerKind
+    signo: int | None = None  # crash
+    signal: str | None = None  # crash, e.g. "SIGSEGV"
+    stage: str | None = None  # crash, e.g. "magic_read"
+    outcome: Outcome | None = None  # outcome
+    route: Route | None = None  # route
+
+    def describe(self) -> str:
+        if self.kind is SignatureKind.CRASH:
+            return f"crash: {self.signal} in {self.stage} during {self.op}"
+        if self.kind is SignatureKind.OUTCOME:
+            return f"outcome: {self.outcome.value if self.outcome else '?'} on a {self.owner.value} block"
+        return f"route: {self.route.value if self.route else '?'} on a {self.owner.value} block"
+
+
+@dataclass(frozen=True)
+class MinimizeStep:
+    """Where a minimization stood after one of its phases."""
+
+    phase: str  # "original", "cut", "units", "events"
+    events: int
+    replays: int  # replays so far
+    seconds: float  # since the start
+
+
+@dataclass
+class MinimizeResult:
+    """A minimized trace: how it was made, and the original and minimal replays."""
+
+    source: str
+    output: str
+    signature: FailureSignature
+    original: ReplayResult
+    minimal: ReplayResult
+    minimal_matches: bool  # the written trace, replayed again, fails the same way
+    original_events: int
+    minimal_events: int
+    kept: list[int]  # for each event of the minimal trace, its index in the original
+    objects: dict[int, int]  # minimal object id -> original object id
+    lines: list[str]  # the minimal trace's events, in the text form
+    steps: list[MinimizeStep]
+    replays: int  # candidate replays (the original and the final check included)
+    seconds: float
+    jobs: int
+
+
+@dataclass(frozen=True)
+class DiffSide:
+    """One side of a diff: what one replay did, summed up."""
+
+    label: str  # e.g. "probe=off", or the file name
+    source: str  # trace or result file
+    allocator: str
+    knobs: dict[str, str]
+    num_events: int
+    events_done: int
+    completed: bool
+    routes: dict[str, int]
+    outcomes: dict[str, int]
+    crash: CrashRecord | None
+    crash_event: EventResult | None
+    hang: bool
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first event the two replays decided differently."""
+
+    index: int
+    what: tuple[str, ...]  # what differs: "crash", "status", "outcome", "route", "action", "stages", "probe"
+    a: EventResult | None  # None: the side has no record of it (a saved JSON lists anomalies only)
+    b: EventResult | None
+    a_crashed: bool  # the side died in this event
+    b_crashed: bool
+
+
+@dataclass
+class DiffResult:
+    """Two replays side by side: routes, outcomes, the first divergence."""
+
+    a: DiffSide
+    b: DiffSide
+    routes: list[tuple[str, int, int]]  # (route, count in a, count in b)
+    outcomes: list[tuple[str, int, int]]
+    divergence: Divergence | None
+    events_compared: int  # events compared one by one before the divergence (or all of them)
+    exact: bool  # every event was compared (False: only the anomalies a JSON report lists)
+    first_owner_difference: int | None = None  # first event whose block has another owner kind
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class CheckLevel:
+    """One replay of a bisection: the check every `every` events over first..last."""
+
+    first: int
+    last: int
+    every: int
+    checks: int  # consistency checks that ran
+    failed_at: int | None  # the first checked event after which the check failed
+
+
+@dataclass
+class FirstBadResult:
+    """The first event after which the allocator's consistency check fails, found by bisection."""
+
+    trace: str
+    allocator: str
+    knobs: dict[str, str]
+    num_events: int
+    events_run: int  # events the replay completes (up to a crash)
+    first: CheckFailure | None
+    event: EventResult | None  # the first bad event's record
+    levels: list[CheckLevel]
+    checks: int  # checks in all the bisection's replays
+    replays: int
+    crash: CrashRecord | None
+    crash_event: EventResult | None
+    verified: CheckFailure | None = None  # --verify: what --check-every 1 names
+    verify_checks: int = 0
+    seconds: float = 0.0
+    note: str = ""
+
+
+# -------------------------------------------------------------------- probe audit
+def _median(values: tuple[float, ...]) -> float:
+    s = sorted(values)
+    if not s:
+        return 0.0
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def _quartiles(values: tuple[float, ...]) -> tuple[float, float]:
+    """(first, third) quartile by the median-of-halves rule; (v, v) for one value."""
+    s = sorted(values)
+    if len(s) < 2:
+        return (s[0], s[0]) if s else (0.0, 0.0)
+    half = len(s) // 2
+    return _median(tuple(s[:half])), _median(tuple(s[len(s) - half :]))
+
+
+@dataclass(frozen=True)
+class ProbeBedRow:
+    """One address of the probe audit's test bed and what each probe said about it.
+
+    readable is the ground truth (/proc/self/maps: every byte in a mapping with 'r');
+    verdicts maps a probe name ("off", "seed-mincore", ...) to True when it said "readable"."""
+
+    name: str  # short id shown in the matrix, e.g. "rw+8"
+    description: str
+    addr: int
+    length: int  # bytes asked about (the header size for header-sized rows)
+    readable: bool
+    expected: bool | None  # what the bed was built to be; None when not known in advance
+    verdicts: dict[str, bool]
+
+    def is_false_readable(self, probe: str) -> bool:
+        """The probe said "readable" for unreadable memory: the header read that follows crashes."""
+        return self.verdicts[probe] and not self.readable
+
+    def is_false_unreadable(self, probe: str) -> bool:
+        """The probe said "unreadable" for readable memory: a good free is sent to a fallback."""
+        return not self.verdicts[probe] and self.readable
+
+
+@dataclass(frozen=True)
+class ProbeCost:
+    """Cost of one probe on one bed row: per-call figures of each timed batch."""
+
+    probe: str
+    row: str
+    calls: int  # calls per batch
+    ns: tuple[float, ...]  # nanoseconds per call, one value per batch
+    cycles: tuple[float, ...]  # TSC cycles per call, one value per batch (all 0 without a TSC)
+
+    @property
+    def ns_median(self) -> float:
+        return _median(self.ns)
+
+    @property
+    def ns_quartiles(self) -> tuple[float, float]:
+        return _quartiles(self.ns)
+
+    @property
+    def cycles_median(self) -> float:
+        return _median(self.cycles)
+
+    @property
+    def cycles_quartiles(self) -> tuple[float, float]:
+        return _quartiles(self.cycles)
+
+
+@dataclass
+class ProbeAudit:
+    """The probe audit: every probe against every bed row, and what each call costs."""
+
+    probes: tuple[str, ...]  # column order: "off", the seed's two, the corrected two
+    rows: list[ProbeBedRow]
+    costs: list[ProbeCost]
+    page_size: int
+    header_size: int
+    has_tsc: bool
+    notes: list[str] = field(default_factory=list)
+
+    def get_false_readable(self, probe: str) -> list[ProbeBedRow]:
+        return [r for r in self.rows if r.is_false_readable(probe)]
+
+    def get_false_unreadable(self, probe: str) -> list[ProbeBedRow]:
+        return [r for r in self.rows if r.is_false_unreadable(probe)]
+
+    def get_row(self, name: str) -> ProbeBedRow:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def get_cost(self, probe: str, row: str) -> ProbeCost | None:
+        return next((c for c in self.costs if c.probe == probe and c.row == row), None)
+
+
+# ---------------------------------------------------------------------- inspection
+@dataclass(frozen=True)
+class ProbeVerdicts:
+    """Every probe's verdict on one live address (hfreplay --stop-before), with ground truth."""
+
+    addr: int
+    length: int
+    verdicts: dict[str, bool]  # probe name -> said "readable" ("off" always does)
+    readable: bool  # /proc/self/maps of the replay child
+
+    def get_wrong(self) -> list[str]:
+        """The probes whose verdict disagrees with the ground truth."""
+        return [p for p, v in self.verdicts.items() if v != self.readable]
+
+
+@dataclass
+class Inspection:
+    """The heap of a replay child as event `event` is about to run (events 0..event-1 done).
+
+    Owners, probe verdicts and registry history are read from the live process; `facts`
+    keeps the whole JSON document hfreplay printed (schema "hfreplay/inspect/1")."""
+
+    trace: str
+    event: int
+    op: str | None  # the op of event `event`, None past the end of the trace
+    target: int | None  # the pointer that event hands to free (None: it frees nothing)
+    header_addr: int | None  # target - HEADER_SIZE
+    dump_base: int | None  # address of dump[0]
+    dump: tuple[int | None, ...]  # bytes around the target; None: unreadable
+    owners: list[OwnerInfo]
+    probes: list[ProbeVerdicts]
+    reqtrace: list[ReqtraceRecord]  # registry history of the target's region
+    reqtrace_header_region: list[ReqtraceRecord]  # of the header's region, when it differs
+    knobs: dict[str, str]
+    stats: dict[str, int] | None
+    check: str | None  # the consistency check's finding, None if the heap is sound
+    maps: str
+    facts: dict
+
+    def get_owner(self, addr: int) -> OwnerInfo | None:
+        return next((o for o in self.owners if o.addr == addr), None)
+
+    def get_probes(self, addr: int) -> ProbeVerdicts | None:
+        return next((p for p in self.probes if p.addr == addr), None)
+
+
+# ------------------------------------------------------------------------- verify
+@dataclass(frozen=True)
+class VerifyRun:
+    """One judged replay of one verify trace under one probe variant."""
+
+    trace: str  # trace key, e.g. "rm-50k+registry-capacity"
+    probe: str
+    completed: bool
+    crash_signal: str | None  # "SIGSEGV", "hang", None
+    crash_event: int | None
+    crash_stage: str | None
+    events: int
+    events_done: int
+    frees: int
+    header_frees: int  # frees that missed every registry and reached the header path (probe calls)
+    fallback: int  # unmapped_header_fallback
+    recovered: int  # invalid_magic_tiny_recovery
+    misrouted: int
+    leaked: int
+    invalid_magic: int
+    first_misrouted: int | None  # event index
+    first_leaked: int | None
+    routes: dict[str, int]
+
+    @property
+    def wrong(self) -> int:
+        """Frees that went wrong without a crash: misrouted or leaked."""
+        return self.misrouted + self.leaked
+
+
+@dataclass(frozen=True)
+class StressTally:
+    """The seed's 100-seed loop under one fault and one probe variant."""
+
+    fault: str
+    probe: str
+    seeds: int
+    failed: tuple[int, ...]  # seeds whose replay crashed or hung (the loop's "FAIL: $i")
+    wrong: tuple[int, ...]  # seeds that completed with misrouted or leaked frees
+    misrouted: int  # over all seeds
+    leaked: int
+    header_frees: int = 0  # over all seeds: frees that missed every registry (reached the probe)
+
+
+@dataclass(frozen=True)
+class TimingCell:
+    """Replay time of one trace under one probe variant: one value per run (a fresh child each);
+    None for a run that crashed."""
+
+    trace: str
+    probe: str
+    seconds: tuple[float | None, ...]
+
+    @property
+    def completed(self) -> bool:
+        return bool(self.seconds) and all(s is not None for s in self.seconds)
+
+    @property
+    def median(self) -> float | None:
+        return _median(tuple(s for s in self.seconds if s is not None)) if self.completed else None
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """A variant's replay time against a baseline's: median ratio, and the spread of run-by-run ratios."""
+
+    trace: str
+    probe: str
+    baseline_trace: str
+    baseline_probe: str
+    ratio: float | None  # median(variant) / median(baseline); None if either crashed
+    ratio_min: float | None
+    ratio_max: float | None
+    noise: float  # relative spread of the baseline's own runs ((max - min) / median), at least 1%
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """One claim of the seed, what was measured, and the verdict."""
+
+    id: str
+    claim: str  # the seed's words
+    source: str  # where in the seed
+    measurement: str
+    verdict: str  # "holds", "does not hold", "holds only for mincore, safe", "not measured"
+    status: str  # "holds", "does not hold", "partly", "not measured"
+    holds_for: tuple[str, ...]  # probe variants the claim holds for
+    evidence: tuple[str, ...]  # shell commands that reproduce the measurement
+
+
+@dataclass
+class VerifyReport:
+    """Everything `verify` measured, and the claim table built from it."""
+
+    claims: list[ClaimCheck]
+    traces: dict[str, str]  # trace key -> what it is (generator arguments, scenario, knobs)
+    runs: list[VerifyRun]
+    stress: list[StressTally]
+    timings: list[TimingCell]
+    overheads: list[Overhead]
+    audit: ProbeAudit | None
+    settings: dict[str, object]
+    seconds: float = 0.0
+
+    def get_run(self, trace: str, probe: str) -> VerifyRun | None:
+        return next((r for r in self.runs if r.trace == trace and r.probe == probe), None)
+
+    def get_claim(self, claim_id: str) -> ClaimCheck:
+        for c in self.claims:
+            if c.id == claim_id:
+                return c
+        raise KeyError(claim_id)
+
+
+# ----------------------------------------------------------------- route logs (routes, run)
+# What `routes` reads from hakmem's stderr lines (docs/route-trace.md) and `run` reports for
+# a program under libhakmem_preload.so. Built by forensics/routelog.py in bounded memory: every
+# list here is capped, and its *_total counter says how many there were.
+@dataclass(frozen=True)
+class RegistryLine:
+    """One `[hakmem-reg]` line: a registry request."""
+
+    seq: int
+    free_seq: int
+    tid: int
+    op: str  # register, unregister, lookup_hit, lookup_miss, capacity_error, dropped
+    reg: str  # ss, mid, l25
+    base: int
+    addr: int
+    live: int
+
+
+@dataclass(frozen=True)
+class PointerEvent:
+    """One event of a pointer's life as the log tells it: its allocation or a free of it."""
+
+    kind: str  # "alloc", "free", "crash"
+    seq: int | None  # alloc: the allocation's seq; free: the free's seq
+    tid: int | None
+    path: str | None  # alloc: tiny, mid, l25, mmap, malloc
+    size: int | None  # alloc: requested size
+    route: str | None  # free: the route taken
+    action: str | None
+    magic: int | None  # free: the magic read, if the header was read
+    verdict: str | None  # free: correct, misrouted, leaked, invalid_magic, unjudged
+    file: str
+    line: int
+
+
+@dataclass
+class PointerLifecycle:
+    """The history of a pointer involved in an anomaly (its allocation, then every event)."""
+
+    ptr: int
+    anomalies: list[str]  # kinds, in the order they first happened
+    allocs: int
+    frees: int
+    events: list[PointerEvent]
+    events_dropped: int = 0
+
+
+@dataclass(frozen=True)
+class InvalidMagicEvent:
+    """An invalid magic: the route line, the seed's ERROR line and the allocator's reqtrace dump."""
+
+    seq: int | None  # None: the ERROR line had no route line after it (the process died?)
+    tid: int | None
+    ptr: int | None
+    magic: int
+    route: str | None
+    action: str | None
+    path: str | None  # what the pointer was allocated as, when the log says (alloc trace)
+    dump: tuple[RegistryLine, ...]  # the allocator's own reqtrace dump of the pointer's region
+    history: tuple[RegistryLine, ...]  # registry changes of the region seen earlier in the log
+    file: str
+    line: int
+
+
+@dataclass
+class EscapedRegion:
+    """A region (SuperSlab or pool chunk) whose pointers reached the header path."""
+
+    base: int  # the pointer's 1 MiB region (SuperSlab-size aligned)
+    escapes: int
+    first_seq: int | None
+    first_ptr: int
+    first_route: str
+    path: str | None  # what the first escaped pointer was allocated as (None: not in the log)
+    routes: dict[str, int]
+    history: tuple[RegistryLine, ...]  # registry changes for the regions covering it, before the first escape
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class UnknownMethodEvent:
+    seq: int | None
+    ptr: int
+    method: int | None
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class LogCrash:
+    """A `[hakmem] CRASH:` line (the driver's, or the preload library's handler)."""
+
+    signal: str
+    fault: int
+    ptr: int
+    stage: str
+    event: int | None  # replay event index (driver), None in a real program
+    free_seq: int | None  # the free in progress (preload library)
+    file: str
+    line: int
+
+
+@dataclass
+class ProcessImage:
+    """One process image in a log: from its `[hakmem] PROCESS:` line (or the file start) on."""
+
+    file: str
+    pid: int | None
+    ppid: int | None
+    start: str  # "exec", "fork", "-" (no PROCESS line: the file's first image)
+    free_seq_base: int  # frees counted before the image's first line (a fork continues its parent's)
+    mode: str | None
+    probe: str | None
+    route_lines: int = 0
+    alloc_lines: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    seq_gaps: int = 0  # route lines whose seq is not the previous one + 1
+    stats_allocs: int | None = None  # from `[hakmem] STATS:` at exit
+    stats_frees: int | None = None
+    route_lines_at_stats: int | None = None
+
+    @property
+    def expected_route_lines(self) -> int | None:
+        return None if self.stats_frees is None else self.stats_frees - self.free_seq_base
+
+    @property
+    def consistent(self) -> bool | None:
+        """Route lines up to the STATS line == frees the allocator counted (None: no STATS line)."""
+        expected = self.expected_route_lines
+        return None if expected is None else expected == self.route_lines_at_stats
+
+
+@dataclass
+class TimelineSlice:
+    first_line: int  # ordinal (0-based) of the slice's first route line
+    lines: int
+    seq_min: int | None
+    seq_max: int | None
+    routes: dict[str, int]
+    anomalies: int
+
+
+@dataclass
+class LogFileStats:
+    path: str
+    compressed: bool
+    bytes: int = 0  # bytes read (uncompressed)
+    lines: int = 0
+    route_lines: int = 0
+    alloc_lines: int = 0
+    reg_lines: int = 0
+    message_lines: int = 0  # [hakmem] lines
+    pattern_lines: int = 0  # route lines read with --pattern
+    other_lines: int = 0  # not hakmem's: skipped
+    binary_lines: int = 0  # of the other lines: NUL bytes or not UTF-8
+    malformed_lines: int = 0  # hakmem's tag, but not a line hakmem prints
+    overlong_lines: int = 0  # longer than the line limit: skipped
+    truncated_last_line: bool = False  # the file does not end with a newline
+    error: str | None = None  # damaged input (a truncated or corrupt gzip stream), with the offset
+
+
+@dataclass(frozen=True)
+class MalformedLine:
+    file: str
+    line: int
+    reason: str
+    text: str  # the start of the line, printable
+
+
+@dataclass(frozen=True)
+class TraceJoin:
+    """A free in the log joined to its trace event (the Nth free of a serial replay is seq N)."""
+
+    seq: int
+    event_index: int
+    op: str
+    tid: int
+    obj: int
+    site: int
+    alloc_index: int | None  # the event that allocated obj, if any
+    alloc_op: str | None
+    alloc_size: int | None
+    alloc_site: int | None
+    agrees: bool | None  # the facts both sides state agree (free_raw address, free(NULL)); None: nothing to check
+
+
+@dataclass
+class Correlation:
+    trace: str
+    trace_events: int
+    trace_frees: int  # events that run the free path (see routelog.FREE_OPS)
+    trace_threads: int
+    joins: dict[int, TraceJoin]  # seq -> join, for the seqs the report shows
+    crash_event: TraceJoin | None  # the driver's crash line names its event index directly
+    checked: int
+    disagreements: int
+    note: str = ""
+
+
+@dataclass
+class RouteLogResult:
+    """Everything `routes` found in one or more logs."""
+
+    files: list[LogFileStats]
+    routes: dict[str, int]
+    actions: dict[str, int]
+    probes: dict[str, int]
+    alloc_paths: dict[str, int]
+    lifecycle: dict[str, dict[str, int]]  # allocation path ("?" unknown) -> free route -> frees
+    verdicts: dict[str, int]  # correct, misrouted, leaked, invalid_magic, unjudged
+    pointers_tracked: int
+    pointers_evicted: int
+    double_frees: int
+    allocated_twice: int  # a live pointer handed out again
+    failed_allocs: int
+    reuse: dict[str, int]  # allocations per pointer (bucketed), over the pointers tracked
+    anomalous_pointers: list[PointerLifecycle]
+    anomalous_pointers_total: int
+    anomaly_kinds: dict[str, int]
+    invalid_magic: list[InvalidMagicEvent]
+    invalid_magic_total: int
+    unknown_methods: list[UnknownMethodEvent]
+    unknown_method_total: int
+    skip_warnings: list[int]  # pointers named by the one-time skip warning
+    skip_warning_total: int
+    knob_warnings: list[str]
+    escapes: list[EscapedRegion]
+    escapes_total: int
+    escaped_regions_total: int
+    registry_ops: dict[str, dict[str, int]]  # reg -> op -> count (live lines, not dumps)
+    registry_events: list[tuple[RegistryLine, str, int]]  # notable changes, with file and line
+    registry_events_total: int
+    crashes: list[LogCrash]
+    crash_total: int
+    messages: dict[str, int]  # [hakmem] lines by kind
+    processes: list[ProcessImage]
+    processes_total: int
+    timeline: list[TimelineSlice]
+    timeline_width: int
+    malformed: list[MalformedLine]
+    pattern: str | None
+    caps: dict[str, int]
+    correlation: Correlation | None = None
+    seconds: float = 0.0
+
+    def num_lines(self) -> int:
+        return sum(f.lines for f in self.files)
+
+    def num_route_lines(self) -> int:
+        return sum(f.route_lines + f.pattern_lines for f in self.files)
+
+    def get_errors(self) -> list[str]:
+        return [f"{f.path}: {f.error}" for f in self.files if f.error]
+
+    def num_frees_seen_by_allocator(self) -> int | None:
+        """Sum of the STATS lines' frees less each image's base; None if no image has one."""
+        vals = [p.expected_route_lines for p in self.processes if p.expected_route_lines is not None]
+        return sum(vals) if vals else None
+
+
+@dataclass
+class ProgramRun:
+    """`run`: a program run under libhakmem_preload.so, and what its logs say."""
+
+    command: list[str]
+    library: str
+    env: dict[str, str]  # the HAKMEM_* variables and LD_PRELOAD given to the program
+    pid: int | None
+    exit_status: int | None  # None if killed by a signal
+    exit_signal: int | None
+    hang: bool  # killed at the time limit
+    seconds: float
+    log: str | None  # the main process's log, if kept
+    child_logs: list[str]  # logs of processes the program started (kept next to the log)
+    main: RouteLogResult  # the main process's log
+    children: RouteLogResult | None  # every other process's log, together (None: there were none)
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.exit_signal is None:
+            return None
+        try:
+            return _signal.Signals(self.exit_signal).name
+        except ValueError:
+            return f"signal {self.exit_signal}"

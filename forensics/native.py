@@ -1238,6 +1238,28 @@ class Driver:
         self._live().hfd_summarize(ctypes.cast(events_address, POINTER(HfrEvent)), n, ctypes.byref(out))
         return out
 
+    def replay(self, trace: Any, results: Any, *, check_every: int = 0, threads: bool = False, judge: bool = True) -> None:
+        """hfd_replay in this process: the binary trace in `trace` (a writable buffer holding the
+        whole file, e.g. an mmap.ACCESS_COPY mapping: page-aligned, as the loop needs) into
+        `results` (a writable buffer of one HfrHeader plus num_events HfrEvent records).
+
+        For timing a replay in an isolated child; a crash kills the calling process."""
+        opts = HfrOptions(check_every, int(threads), int(judge))
+        tview = c_char.from_buffer(trace)
+        rview = c_char.from_buffer(results)
+        try:
+            raddr = ctypes.addressof(rview)
+            rc = self._live().hfd_replay(
+                ctypes.addressof(tview),
+                len(trace),
+                ctypes.cast(raddr, POINTER(HfrHeader)),
+                ctypes.cast(raddr + sizeof(HfrHeader), POINTER(HfrEvent)),
+                ctypes.byref(opts),
+            )
+        finally:
+            del tview, rview  # release the buffer exports so the caller can close its mappings
+        self._check(rc, "hfd_replay")
+
 
 # ----------------------------------------------------------- crash record buffers
 CRASH_RECORD_SIZE = sizeof(HfdCrashRecord)

@@ -54,6 +54,10 @@ class ReplayConfig:
     judge: bool = True  # the route oracle (owner at allocation vs route at free)
     timeout: float = DEFAULT_TIMEOUT
     max_anomalies: int = DEFAULT_MAX_ANOMALIES
+    # With check_every, check only events check_from..check_to (hfreplay --check-from/--check-to):
+    # every check_every-th event counted from check_from, and check_to itself. None: to the end.
+    check_from: int = 0
+    check_to: int | None = None
 
     def get_overrides(self) -> dict[str, str]:
         """The knobs the command line sets, which win over the trace header's."""
@@ -91,6 +95,10 @@ class TraceFile:
     def get_record(self, index: int) -> native.HftRecord:
         off = self.records_offset + index * RECORD_SIZE
         return native.HftRecord.from_buffer_copy(self._map[off : off + RECORD_SIZE])
+
+    def get_records_bytes(self) -> bytes:
+        """Every record, as one bytes object (num_events * 48 bytes)."""
+        return self._map[self.records_offset : self.records_offset + self.num_events * RECORD_SIZE]
 
     def iter_records(self) -> Iterator[native.HftRecord]:
         for i in range(self.num_events):
@@ -141,6 +149,10 @@ def _command(binary: Path, config: ReplayConfig, knobs: Mapping[str, str], fd: i
         cmd += ["--knob", f"{name}={value}"]
     if config.check_every:
         cmd += ["--check-every", str(config.check_every)]
+        if config.check_from:
+            cmd += ["--check-from", str(config.check_from)]
+        if config.check_to is not None:
+            cmd += ["--check-to", str(config.check_to)]
     if config.threads:
         cmd.append("--threads")
     if not config.judge:
@@ -149,8 +161,11 @@ def _command(binary: Path, config: ReplayConfig, knobs: Mapping[str, str], fd: i
     return cmd
 
 
-def run_replay(trace: str | os.PathLike[str], config: ReplayConfig = ReplayConfig(), *, progress: ProgressFn | None = None) -> model.ReplayResult:
-    """Replay trace in a child process; a crash or hang in the allocator becomes part of the result."""
+def run_replay(trace: str | os.PathLike[str], config: ReplayConfig = ReplayConfig(), *, progress: ProgressFn | None = None, keep_events: bool = False) -> model.ReplayResult:
+    """Replay trace in a child process; a crash or hang in the allocator becomes part of the result.
+
+    keep_events: also return every raw hfr_event record (result.raw_events), for saving the
+    result (explain, diff) — num_events * 48 bytes."""
     trace_path = Path(trace)
     if not trace_path.exists():
         raise BadInputError(f"{trace}: no such file")
@@ -175,7 +190,10 @@ def run_replay(trace: str | os.PathLike[str], config: ReplayConfig = ReplayConfi
                     proc = subprocess.Popen(_command(binary, config, knobs, fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, pass_fds=(fd,))
                     hang = _wait(proc, results, n, config.timeout, progress)
                 try:
-                    return _collect(results, tf, trace_path, config, knobs, driver, proc, hang, _tail(stderr_path, STDERR_TAIL), time.monotonic() - start)
+                    result = _collect(results, tf, trace_path, config, knobs, driver, proc, hang, _tail(stderr_path, STDERR_TAIL), time.monotonic() - start)
+                    if keep_events:
+                        result.raw_events = results[HEADER_SIZE : HEADER_SIZE + n * EVENT_SIZE]
+                    return result
                 finally:
                     results.close()
             finally:

@@ -1338,6 +1338,72 @@ static void run_scenario(const char *name, void (*fn)(void)) {
     }
 }
 
+/* hfd_check_window / --check-from --check-to: only a window of events is checked. */
+static void sc_check_window(void) {
+    tb t;
+    tb_init(&t, NULL);
+    MALLOC(&t, 1, 1, 64);
+    MALLOC(&t, 1, 2, 64);
+    FREE(&t, 1, 1);
+    size_t dbl = DOUBLE_FREE(&t, 1, 1);
+    FREE(&t, 1, 2);
+    MALLOC(&t, 1, 3, 2000);
+    FREE(&t, 1, 3);
+    /* {from, to, every, first failure}: every-1 inside the window; every-N counts from `from`
+     * and always checks `to`; a window that ends before the double free sees nothing. */
+    const struct { uint64_t from, to, every, want; } cases[] = {
+        {2, 3, 1, dbl}, {0, 2, 1, UINT64_MAX}, {0, 1, 5, UINT64_MAX}, {1, 6, 3, dbl}, {0, 3, 9, dbl}, {3, 3, 1, dbl},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        hfr_options o = {cases[k].every, 0, 1};
+        replay_run rr = {0};
+        CHECK(hfd_check_window(cases[k].from, cases[k].to) == HFD_OK, "hfd_check_window(%lu, %lu)",
+              (unsigned long)cases[k].from, (unsigned long)cases[k].to);
+        run_child(&t, NULL, BIND_LIB, MODE_REPLAY, &o, &rr);
+        if (child_ok(&rr, "check window")) {
+            int flagged = 0;
+            for (size_t i = 0; i < t.n; i++) flagged += rr.ev[i].check_failed;
+            CHECK(rr.res->first_check_failure == cases[k].want && flagged == (cases[k].want != UINT64_MAX) &&
+                      rr.res->events_done == t.n,
+                  "window %lu..%lu every %lu: first failure %ld (got %ld, %d flagged)", (unsigned long)cases[k].from,
+                  (unsigned long)cases[k].to, (unsigned long)cases[k].every, (long)cases[k].want,
+                  (long)rr.res->first_check_failure, flagged);
+        }
+        run_free(&rr);
+    }
+    CHECK(hfd_check_window(4, 3) == HFD_EINVAL && strstr(hfd_last_error(), "after"),
+          "hfd_check_window(4, 3): HFD_EINVAL (\"%s\")", hfd_last_error());
+    hfd_check_window(0, UINT64_MAX);
+
+    /* The same through the executable's flags. */
+    char path[512];
+    if (tb_write(&t, path, sizeof path) != 0) { check(0, strerror(errno), "write the window trace"); tb_free(&t); return; }
+    exe_run er;
+    const char *args[] = {path, "--lib", g_lib_path, "--check-every", "1", "--check-from", "2", "--check-to", "3", NULL};
+    run_exe(args, 1, &er);
+    CHECK(WIFEXITED(er.status) && WEXITSTATUS(er.status) == 0 && er.res && er.res->first_check_failure == dbl &&
+              strstr(er.out, "first check failure: event 3"),
+          "hfreplay --check-every 1 --check-from 2 --check-to 3: the double free at event %zu (\"%.*s\")", dbl,
+          (int)strcspn(er.err, "\n"), er.err);
+    exe_free(&er);
+    const char *before[] = {path, "--lib", g_lib_path, "--check-every", "1", "--check-to", "2", NULL};
+    run_exe(before, 1, &er);
+    CHECK(WIFEXITED(er.status) && WEXITSTATUS(er.status) == 0 && er.res && er.res->first_check_failure == UINT64_MAX &&
+              strstr(er.out, "first check failure: none (checked every 1 events from 0 to 2)"),
+          "hfreplay --check-to 2: no failure before the double free (\"%s\")", er.out);
+    exe_free(&er);
+    const char *lonely[] = {path, "--lib", g_lib_path, "--check-from", "2", NULL};
+    run_exe(lonely, 0, &er);
+    CHECK(WIFEXITED(er.status) && WEXITSTATUS(er.status) == 2 && strstr(er.err, "go with --check-every"),
+          "hfreplay --check-from without --check-every: exit 2 (\"%.*s\")", (int)strcspn(er.err, "\n"), er.err);
+    const char *reversed[] = {path, "--lib", g_lib_path, "--check-every", "1", "--check-from", "5", "--check-to", "2", NULL};
+    run_exe(reversed, 0, &er);
+    CHECK(WIFEXITED(er.status) && WEXITSTATUS(er.status) == 2 && strstr(er.err, "is after --check-to"),
+          "hfreplay --check-from 5 --check-to 2: exit 2 (\"%.*s\")", (int)strcspn(er.err, "\n"), er.err);
+    unlink(path);
+    tb_free(&t);
+}
+
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     R = mmap(NULL, sizeof *R, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -1377,6 +1443,7 @@ int main(void) {
     run_scenario("bad traces", sc_bad_traces);
     run_scenario("hfreplay: registry-escape crash", sc_exe_crash);
     run_scenario("hfreplay: errors", sc_exe_errors);
+    run_scenario("consistency check window", sc_check_window);
 
     printf("%d passed, %d failed\n", R->passed, R->failed);
     return R->failed ? 1 : 0;

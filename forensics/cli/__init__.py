@@ -92,6 +92,17 @@ def _register() -> None:
     app.command("replay", epilog=EXIT_CODES_EPILOG)(replay.replay)
     app.command("convert", epilog=EXIT_CODES_EPILOG)(convert.convert)
     app.add_typer(gen.app, name="gen")
+    from forensics.cli import explain as explain_cli
+
+    app.command("explain", epilog=EXIT_CODES_EPILOG)(explain_cli.explain)
+    from forensics.cli import probe as probe_cli
+
+    app.add_typer(probe_cli.app, name="probe")
+    from forensics.cli import diff as diff_cli, firstbad as firstbad_cli, minimize as minimize_cli
+
+    app.command("minimize", epilog=EXIT_CODES_EPILOG)(minimize_cli.minimize)
+    app.command("diff", epilog=EXIT_CODES_EPILOG)(diff_cli.diff)
+    app.command("firstbad", epilog=EXIT_CODES_EPILOG)(firstbad_cli.firstbad)
 
 
 _register()

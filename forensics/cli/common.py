@@ -21,3 +21,32 @@ def write_json(document: dict[str, Any], target: str) -> None:
             fh.write(text)
     except OSError as exc:
         raise BadInputError(f"{target}: cannot write JSON: {exc.strerror}") from None
+
+
+def write_text(text: str, target) -> None:
+    """Write a text report (HTML) to a file, atomically: a temporary file renamed into place."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(target)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=str(path.parent.resolve()))
+    except OSError as exc:
+        raise BadInputError(f"{target}: cannot write: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise BadInputError(f"{target}: cannot write: {exc.strerror or exc}") from None
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

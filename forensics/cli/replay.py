@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -9,11 +10,15 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from forensics import explain as explain_mod
 from forensics import fixtures
-from forensics.cli.common import write_json
+from forensics.cli.common import write_json, write_text
 from forensics.errors import BadInputError
 from forensics.replay import DEFAULT_TIMEOUT, ReplayConfig, run_replay
+from forensics.report import explain as explain_report
+from forensics.report import html as html_report
 from forensics.report import replay as replay_report
+from forensics.saved import open_result, save_result
 from forensics.theme import make_console
 
 
@@ -59,6 +64,9 @@ def replay(
     serial: Annotated[bool, typer.Option("--serial", help="Replay every thread's events on one thread, in trace order.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", min=1.0, metavar="SECONDS", help="Kill the replay after this long and report a hang.")] = DEFAULT_TIMEOUT,
     json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE|-", help=f"Also write the result as JSON (schema {replay_report.SCHEMA}); '-' = stdout only.")] = None,
+    save: Annotated[Optional[Path], typer.Option("--save", metavar="FILE", help="Save the whole result (every event, the trace) for `explain`, `diff` and the TUI.")] = None,
+    html_out: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", help="Also write a self-contained HTML report (route mix, address-space map, explanations).")] = None,
+    explain_n: Annotated[int, typer.Option("--explain", min=0, metavar="N", help="Explain the crash and the first anomalies, up to N events (each is one more replay up to that event).")] = 2,
 ) -> None:
     """Replay a trace against the allocator in a child process: route table, outcome table, crash panel.
 
@@ -87,9 +95,25 @@ def replay(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        result = run_replay(path, config, progress=progress)
+        need_events = save is not None or explain_n > 0 or html_out is not None
+        result = run_replay(path, config, progress=progress, keep_events=need_events)
+    explanations = []
+    with tempfile.TemporaryDirectory(prefix="hakmem-forensics-") as tmp:
+        if need_events:
+            saved_path = save_result(result, config, save if save is not None else Path(tmp) / "result.hfres")
+            if explain_n and (result.crashed or result.anomaly_count):
+                with open_result(saved_path) as saved:
+                    explanations = explain_mod.explain_result(saved, limit=explain_n)
+    if html_out is not None:
+        write_text(html_report.replay_page(result, explanations), html_out)
     if json_out is not None:
-        write_json(replay_report.to_json(result), json_out)
+        doc = replay_report.to_json(result)
+        doc["explanations"] = [explain_report.explanation_to_json(e) for e in explanations]
+        write_json(doc, json_out)
         if quiet:
             return
-    replay_report.render(result, make_console())
+    console = make_console()
+    replay_report.render(result, console)
+    explain_report.render(explanations, console)
+    if save is not None:
+        console.print(f"Saved to {save}: `hakmem-forensics explain {save} --event N` explains any event.", style="muted")
