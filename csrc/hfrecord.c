@@ -3,13 +3,14 @@
  *   HFRECORD_DIR=/some/dir LD_PRELOAD=libhfrecord.so program args...
  *
  * Each process image writes <pid>-<gen>.hfrec and <pid>-<gen>.maps into HFRECORD_DIR
- * (format: hfrecord.h); `hakmem-forensics record` sets this up and turns the logs into
- * traces. Without HFRECORD_DIR every call passes straight through.
+ * (format and ordering rules: hfrecord.h); `hakmem-forensics record` sets this up and turns
+ * the logs into traces. Without HFRECORD_DIR every call passes straight through.
  *
- * What it must never do: allocate (it lives inside malloc), take a lock that a caller of
- * malloc may hold, or change errno. Calls go to the next definition in the lookup order
- * (dlsym RTLD_NEXT: libc, or an allocator preloaded after this library), and dlsym's own
- * allocations during that lookup come from a static bootstrap arena.
+ * What it must never do: allocate (it lives inside malloc), hold a lock while calling
+ * something that may allocate or take the loader's lock, or change errno. Calls go to the
+ * next definition in the lookup order (dlsym RTLD_NEXT: libc, or an allocator preloaded
+ * after this library); dlsym's own allocations during that lookup come from a static
+ * bootstrap arena.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -18,6 +19,8 @@
 #include <link.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -29,31 +32,35 @@
 
 #include "hfrecord.h"
 
+#if defined(__x86_64__)
+#include <x86intrin.h>
+#endif
+
 #define EXPORT __attribute__((visibility("default")))
 #define TLS __thread __attribute__((tls_model("initial-exec")))
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
-#define MAX_WINDOWS (1u << 16)          /* 192 GiB of records */
 #define DIR_MAX 3072
 
 EXPORT const uint32_t hfrec_version_const = HFREC_VERSION;
 
-/* ------------------------------------------------------------------ the real allocator */
+/* ------------------------------------------------------------------ the real functions */
 
 typedef void *(*malloc_fn)(size_t);
 typedef void *(*calloc_fn)(size_t, size_t);
 typedef void *(*realloc_fn)(void *, size_t);
-typedef void *(*reallocarray_fn)(void *, size_t, size_t);
 typedef void (*free_fn)(void *);
 typedef void *(*memalign_fn)(size_t, size_t);
 typedef int (*posix_memalign_fn)(void **, size_t, size_t);
 typedef void *(*valloc_fn)(size_t);
 typedef size_t (*usable_fn)(void *);
+typedef int (*execve_fn)(const char *, char *const[], char *const[]);
+typedef int (*execv_fn)(const char *, char *const[]);
+typedef int (*fexecve_fn)(int, char *const[], char *const[]);
 
 static struct {
     malloc_fn malloc;
     calloc_fn calloc;
     realloc_fn realloc;
-    reallocarray_fn reallocarray;
     free_fn free;
     memalign_fn memalign;
     posix_memalign_fn posix_memalign;
@@ -61,6 +68,11 @@ static struct {
     valloc_fn valloc;
     valloc_fn pvalloc;
     usable_fn usable;
+    execve_fn execve;
+    execv_fn execv;
+    execv_fn execvp;
+    execve_fn execvpe;
+    fexecve_fn fexecve;
 } real;
 
 enum { RESOLVE_NONE, RESOLVE_BUSY, RESOLVE_DONE };
@@ -77,7 +89,7 @@ static int is_boot(const void *p) {
 static void *boot_alloc(size_t n, size_t align) {
     if (align < 16) align = 16;
     size_t need = n + align + 16;
-    if (need < n) return NULL;
+    if (need < n || align > sizeof g_boot) return NULL;
     size_t start = __atomic_fetch_add(&g_boot_used, need, __ATOMIC_RELAXED);
     if (start + need > sizeof g_boot) {
         errno = ENOMEM;
@@ -107,7 +119,6 @@ static int ensure_resolved(void) {
     real.malloc = (malloc_fn)dlsym(RTLD_NEXT, "malloc");
     real.calloc = (calloc_fn)dlsym(RTLD_NEXT, "calloc");
     real.realloc = (realloc_fn)dlsym(RTLD_NEXT, "realloc");
-    real.reallocarray = (reallocarray_fn)dlsym(RTLD_NEXT, "reallocarray");
     real.free = (free_fn)dlsym(RTLD_NEXT, "free");
     real.memalign = (memalign_fn)dlsym(RTLD_NEXT, "memalign");
     real.posix_memalign = (posix_memalign_fn)dlsym(RTLD_NEXT, "posix_memalign");
@@ -115,9 +126,14 @@ static int ensure_resolved(void) {
     real.valloc = (valloc_fn)dlsym(RTLD_NEXT, "valloc");
     real.pvalloc = (valloc_fn)dlsym(RTLD_NEXT, "pvalloc");
     real.usable = (usable_fn)dlsym(RTLD_NEXT, "malloc_usable_size");
+    real.execve = (execve_fn)dlsym(RTLD_NEXT, "execve");
+    real.execv = (execv_fn)dlsym(RTLD_NEXT, "execv");
+    real.execvp = (execv_fn)dlsym(RTLD_NEXT, "execvp");
+    real.execvpe = (execve_fn)dlsym(RTLD_NEXT, "execvpe");
+    real.fexecve = (fexecve_fn)dlsym(RTLD_NEXT, "fexecve");
     t_resolving = 0;
-    if (!real.malloc || !real.free || !real.calloc || !real.realloc) {
-        static const char msg[] = "libhfrecord: cannot find the real malloc/free (dlsym RTLD_NEXT)\n";
+    if (!real.malloc || !real.free || !real.calloc || !real.realloc || !real.memalign) {
+        static const char msg[] = "libhfrecord: cannot find the real malloc family (dlsym RTLD_NEXT)\n";
         ssize_t w = write(2, msg, sizeof msg - 1);
         (void)w;
         _exit(127);
@@ -128,26 +144,78 @@ static int ensure_resolved(void) {
 
 /* ------------------------------------------------------------------ the log */
 
+/* A thread's buffer: the chunk being filled, in private memory (mmap'd, never malloc'd). */
+typedef struct tbuf {
+    struct tbuf *next, *prev;   /* g_threads, under g_list_lock */
+    uint64_t slot;              /* file offset of the chunk slot being filled */
+    uint32_t n;                 /* records in recs[] (release-stored after each record) */
+    uint32_t flushed;           /* records of recs[] already in the file */
+    uint64_t total;             /* records this thread made */
+    hfrec_chunk chunk;          /* written right before recs: one pwrite for a full chunk */
+    hfrec_record recs[HFREC_CHUNK_RECORDS];
+} tbuf;
+
+_Static_assert(offsetof(tbuf, recs) == offsetof(tbuf, chunk) + sizeof(hfrec_chunk), "chunk header precedes records");
+
 enum { LOG_UNOPENED, LOG_OPEN, LOG_OFF };
 static int g_log_state;
 static int g_fd = -1, g_maps_fd = -1;
-static hfrec_header *g_hdr;
-static char *g_windows[MAX_WINDOWS];
-static uint64_t g_file_size;
+static hfrec_header g_hdr;         /* our copy; written to the file at open and at the end */
+static uint64_t g_tail = HFREC_HEADER_SIZE;   /* next free chunk slot */
 static uint64_t g_maps_off;
 static unsigned long long g_adds_seen;
-static pthread_mutex_t g_win_lock = PTHREAD_MUTEX_INITIALIZER;   /* opening, mapping windows */
-static pthread_mutex_t g_snap_lock = PTHREAD_MUTEX_INITIALIZER;  /* maps snapshots */
+static int g_exiting;              /* after the exit destructor: write every record through */
+static tbuf *g_threads;
+static pthread_mutex_t g_open_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_list_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_snap_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_key_t g_key;
 static int g_key_ok, g_atfork_done;
 static uint32_t g_next_thread = 1;
+static int g_multi;                /* a second thread has called: records need timestamps */
+static int g_use_tsc;
 
 static TLS int t_in_hook;       /* inside one of our functions: nested calls are the allocator's own */
+static TLS tbuf *t_buf;
 static TLS uint32_t t_thread;   /* 1, 2, ... in the order threads first called */
 static TLS uint32_t t_tid;
+static TLS int t_ended;         /* its thread_end was written */
 
 static void emit(uint8_t op, uint64_t ret, uint64_t a, uint64_t b, const void *site);
 static void snapshot_maps(int force);
+static void flush_all(int locked);
+
+static void read_small_file(const char *path, char *dst, size_t cap);
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The order key of a record. While one thread is the only caller its records need none (0):
+ * they all come before the first record of the second thread, which sets g_multi before it
+ * takes its first timestamp (seq_cst on both sides). */
+static uint64_t stamp(void) {
+    if (!__atomic_load_n(&g_multi, __ATOMIC_SEQ_CST)) return 0;
+#if defined(__x86_64__)
+    if (g_use_tsc) return __rdtsc();
+#endif
+    return now_ns();
+}
+
+/* The TSC orders calls across CPUs only where it is synchronized; the kernel checked that
+ * if it made it the clocksource. */
+static int tsc_is_clocksource(void) {
+#if defined(__x86_64__)
+    char buf[32];
+    buf[0] = '\0';
+    read_small_file("/sys/devices/system/clocksource/clocksource0/current_clocksource", buf, sizeof buf);
+    return strncmp(buf, "tsc", 3) == 0 && (buf[3] == '\n' || buf[3] == '\0');
+#else
+    return 0;
+#endif
+}
 
 static size_t put_str(char *dst, size_t cap, size_t at, const char *s) {
     while (*s && at + 1 < cap) dst[at++] = *s++;
@@ -167,13 +235,13 @@ static size_t put_u64(char *dst, size_t cap, size_t at, uint64_t v) {
     return at;
 }
 
-static size_t log_path(char *dst, size_t cap, const char *dir, uint64_t pid, uint32_t gen, const char *ext) {
+static void log_path(char *dst, size_t cap, const char *dir, uint64_t pid, uint32_t gen, const char *ext) {
     size_t at = put_str(dst, cap, 0, dir);
     at = put_str(dst, cap, at, "/");
     at = put_u64(dst, cap, at, pid);
     at = put_str(dst, cap, at, "-");
     at = put_u64(dst, cap, at, gen);
-    return put_str(dst, cap, at, ext);
+    put_str(dst, cap, at, ext);
 }
 
 static void read_small_file(const char *path, char *dst, size_t cap) {
@@ -189,12 +257,32 @@ static void read_small_file(const char *path, char *dst, size_t cap) {
     close(fd);
 }
 
+static void write_all_at(int fd, const void *buf, size_t len, uint64_t off) {
+    const char *p = buf;
+    while (len) {
+        ssize_t n = pwrite(fd, p, len, (off_t)off);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+}
+
+/* The header's flags and signal, rewritten in place. */
+static void write_header_state(void) {
+    if (g_fd < 0) return;
+    write_all_at(g_fd, &g_hdr.flags, sizeof g_hdr.flags + sizeof g_hdr.signal, offsetof(hfrec_header, flags));
+    write_all_at(g_fd, &g_hdr.dropped, sizeof g_hdr.dropped, offsetof(hfrec_header, dropped));
+}
+
 static void on_thread_exit(void *value);
 static void atfork_prepare(void);
 static void atfork_parent(void);
 static void atfork_child(void);
+static void install_signal_handlers(void);
 
-/* Under g_win_lock. 1 when the log is open. */
+/* Under g_open_lock. 1 when the log is open. */
 static int log_open_locked(void) {
     const char *dir = getenv("HFRECORD_DIR");
     if (!dir || !*dir || strlen(dir) >= DIR_MAX) return 0;
@@ -204,47 +292,47 @@ static int log_open_locked(void) {
     int fd = -1;
     for (gen = 0; gen < 10000; gen++) {
         log_path(path, sizeof path, dir, pid, gen, ".hfrec");
-        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
         if (fd >= 0 || errno != EEXIST) break;
     }
     if (fd < 0) return 0;
-    uint64_t size = HFREC_HEADER_SIZE + HFREC_WINDOW_SIZE;
-    if (ftruncate(fd, (off_t)size) != 0) {
-        close(fd);
-        return 0;
-    }
-    void *h = mmap(NULL, HFREC_HEADER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (h == MAP_FAILED) {
-        close(fd);
-        return 0;
-    }
     log_path(path, sizeof path, dir, pid, gen, ".maps");
     int mfd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
-    hfrec_header *hdr = (hfrec_header *)h;
-    memcpy(hdr->magic, HFREC_MAGIC, 8);
-    hdr->version = HFREC_VERSION;
-    hdr->record_size = HFREC_RECORD_SIZE;
-    hdr->pid = (uint32_t)pid;
-    hdr->ppid = (uint32_t)getppid();
+    hfrec_header *h = &g_hdr;
+    memset(h, 0, sizeof *h);
+    memcpy(h->magic, HFREC_MAGIC, 8);
+    h->version = HFREC_VERSION;
+    h->record_size = HFREC_RECORD_SIZE;
+    h->chunk_size = HFREC_CHUNK_SIZE;
+    h->chunk_header_size = HFREC_CHUNK_HEADER_SIZE;
+    h->pid = (uint32_t)pid;
+    h->ppid = (uint32_t)getppid();
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    hdr->start_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-    hdr->generation = gen;
-    hdr->records_offset = HFREC_HEADER_SIZE;
-    hdr->pointer_size = sizeof(void *);
-    hdr->page_size = (uint32_t)sysconf(_SC_PAGESIZE);
-    hdr->window_size = HFREC_WINDOW_SIZE;
-    ssize_t n = readlink("/proc/self/exe", hdr->exe, sizeof hdr->exe - 1);
-    hdr->exe[n > 0 ? n : 0] = '\0';
-    read_small_file("/proc/self/cmdline", hdr->cmdline, sizeof hdr->cmdline);
+    h->start_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    g_use_tsc = tsc_is_clocksource();
+    h->clock = g_use_tsc ? HFREC_CLOCK_TSC : HFREC_CLOCK_MONOTONIC;
+    h->start_mono_ns = now_ns();
+#if defined(__x86_64__)
+    h->start_clock = g_use_tsc ? __rdtsc() : h->start_mono_ns;
+#else
+    h->start_clock = h->start_mono_ns;
+#endif
+    h->generation = gen;
+    h->pointer_size = sizeof(void *);
+    h->page_size = (uint32_t)sysconf(_SC_PAGESIZE);
+    ssize_t n = readlink("/proc/self/exe", h->exe, sizeof h->exe - 1);
+    h->exe[n > 0 ? n : 0] = '\0';
+    read_small_file("/proc/self/cmdline", h->cmdline, sizeof h->cmdline);
+    write_all_at(fd, h, sizeof *h, 0);
     g_fd = fd;
     g_maps_fd = mfd;
-    g_file_size = size;
+    g_tail = HFREC_HEADER_SIZE;
     g_maps_off = 0;
     g_adds_seen = 0;
     if (!g_key_ok) g_key_ok = pthread_key_create(&g_key, on_thread_exit) == 0;
     if (!g_atfork_done) g_atfork_done = pthread_atfork(atfork_prepare, atfork_parent, atfork_child) == 0;
-    __atomic_store_n(&g_hdr, hdr, __ATOMIC_RELEASE);
+    install_signal_handlers();
     return 1;
 }
 
@@ -252,80 +340,136 @@ static int log_open(void) {
     int st = __atomic_load_n(&g_log_state, __ATOMIC_ACQUIRE);
     if (st != LOG_UNOPENED) return st == LOG_OPEN;
     int opened = 0;
-    pthread_mutex_lock(&g_win_lock);
+    pthread_mutex_lock(&g_open_lock);
     st = g_log_state;
     if (st == LOG_UNOPENED) {
         st = log_open_locked() ? LOG_OPEN : LOG_OFF;
         opened = st == LOG_OPEN;
         __atomic_store_n(&g_log_state, st, __ATOMIC_RELEASE);
     }
-    pthread_mutex_unlock(&g_win_lock);
+    pthread_mutex_unlock(&g_open_lock);
     if (opened) snapshot_maps(1);
     return st == LOG_OPEN;
 }
 
-static char *map_window(uint64_t w) {
-    pthread_mutex_lock(&g_win_lock);
-    char *base = g_windows[w];
-    if (!base) {
-        uint64_t end = HFREC_HEADER_SIZE + (w + 1) * (uint64_t)HFREC_WINDOW_SIZE;
-        if (end > g_file_size) {
-            /* grow ahead by a few windows: one ftruncate per 12 MiB of records */
-            uint64_t want = end + 3 * (uint64_t)HFREC_WINDOW_SIZE;
-            if (ftruncate(g_fd, (off_t)want) == 0) g_file_size = want;
-            else if (ftruncate(g_fd, (off_t)end) == 0) g_file_size = end;
-        }
-        if (end <= g_file_size) {
-            void *m = mmap(NULL, HFREC_WINDOW_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, g_fd,
-                           (off_t)(HFREC_HEADER_SIZE + w * (uint64_t)HFREC_WINDOW_SIZE));
-            if (m != MAP_FAILED) {
-                base = (char *)m;
-                __atomic_store_n(&g_windows[w], base, __ATOMIC_RELEASE);
-                /* Windows far behind are done: drop their pages from this process (they stay
-                 * in the file; a late writer would fault them back in, which is safe). */
-                if (w >= 4 && g_windows[w - 4]) madvise(g_windows[w - 4], HFREC_WINDOW_SIZE, MADV_DONTNEED);
-            }
-        }
+static uint64_t reserve_slot(void) {
+    return __atomic_fetch_add(&g_tail, HFREC_CHUNK_SIZE, __ATOMIC_RELAXED);
+}
+
+/* Write what the file does not have yet of b's chunk, then its header (so the count in the
+ * file never covers records that are not there). Idempotent. */
+static void chunk_flush(tbuf *b) {
+    uint32_t n = __atomic_load_n(&b->n, __ATOMIC_ACQUIRE);
+    uint32_t done = b->flushed;
+    if (n > HFREC_CHUNK_RECORDS) n = HFREC_CHUNK_RECORDS;
+    b->chunk.count = n;
+    if (done == 0 && n > 0) {   /* header and records in one write */
+        write_all_at(g_fd, &b->chunk, HFREC_CHUNK_HEADER_SIZE + (size_t)n * HFREC_RECORD_SIZE, b->slot);
+    } else {
+        if (n > done)
+            write_all_at(g_fd, &b->recs[done], (size_t)(n - done) * HFREC_RECORD_SIZE,
+                         b->slot + HFREC_CHUNK_HEADER_SIZE + (uint64_t)done * HFREC_RECORD_SIZE);
+        write_all_at(g_fd, &b->chunk, HFREC_CHUNK_HEADER_SIZE, b->slot);
     }
-    pthread_mutex_unlock(&g_win_lock);
-    return base;
+    if (n > b->flushed) b->flushed = n;
 }
 
-static hfrec_record *slot_at(uint64_t off) {
-    uint64_t w = off / HFREC_WINDOW_SIZE;
-    if (UNLIKELY(w >= MAX_WINDOWS)) return NULL;
-    char *base = __atomic_load_n(&g_windows[w], __ATOMIC_ACQUIRE);
-    if (UNLIKELY(!base)) base = map_window(w);
-    return base ? (hfrec_record *)(base + off % HFREC_WINDOW_SIZE) : NULL;
-}
-
-static void thread_register(void) {
-    t_thread = __atomic_fetch_add(&g_next_thread, 1, __ATOMIC_RELAXED);
-    t_tid = (uint32_t)syscall(SYS_gettid);
+static tbuf *thread_register(void) {
+    tbuf *b = mmap(NULL, sizeof(tbuf), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (b == MAP_FAILED) return NULL;
+    if (!t_thread) {
+        t_thread = __atomic_fetch_add(&g_next_thread, 1, __ATOMIC_RELAXED);
+        t_tid = (uint32_t)syscall(SYS_gettid);
+        if (t_thread > 1) __atomic_store_n(&g_multi, 1, __ATOMIC_SEQ_CST);
+    }
+    memcpy(b->chunk.magic, HFREC_CHUNK_MAGIC, 8);
+    b->chunk.thread = t_thread;
+    b->chunk.tid = t_tid;
+    b->chunk.capacity = HFREC_CHUNK_RECORDS;
+    b->slot = reserve_slot();
+    pthread_mutex_lock(&g_list_lock);
+    b->next = g_threads;
+    if (g_threads) g_threads->prev = b;
+    g_threads = b;
+    pthread_mutex_unlock(&g_list_lock);
     if (g_key_ok) pthread_setspecific(g_key, (void *)(uintptr_t)1);
+    t_buf = b;
+    return b;
+}
+
+static void thread_unregister(tbuf *b) {
+    pthread_mutex_lock(&g_list_lock);
+    if (b->prev) b->prev->next = b->next;
+    else g_threads = b->next;
+    if (b->next) b->next->prev = b->prev;
+    pthread_mutex_unlock(&g_list_lock);
+    munmap(b, sizeof *b);
+}
+
+/* A record of a thread that has no buffer any more (after its thread_end): a chunk of its own. */
+static void emit_direct(const hfrec_record *r) {
+    struct {
+        hfrec_chunk chunk;
+        hfrec_record rec;
+    } one;
+    memset(&one, 0, sizeof one);
+    memcpy(one.chunk.magic, HFREC_CHUNK_MAGIC, 8);
+    one.chunk.thread = t_thread;
+    one.chunk.tid = t_tid;
+    one.chunk.count = 1;
+    one.chunk.capacity = HFREC_CHUNK_RECORDS;
+    one.chunk.index = UINT64_MAX;
+    one.rec = *r;
+    write_all_at(g_fd, &one, sizeof one, reserve_slot());
 }
 
 static void emit(uint8_t op, uint64_t ret, uint64_t a, uint64_t b, const void *site) {
     if (UNLIKELY(__atomic_load_n(&g_log_state, __ATOMIC_ACQUIRE) != LOG_OPEN) && !log_open()) return;
-    if (UNLIKELY(!t_thread)) thread_register();
-    uint64_t off = __atomic_fetch_add(&g_hdr->tail, HFREC_RECORD_SIZE, __ATOMIC_RELAXED);
-    hfrec_record *r = slot_at(off);
-    if (UNLIKELY(!r)) {
-        __atomic_fetch_add(&g_hdr->dropped, 1, __ATOMIC_RELAXED);
-        return;
+    tbuf *t = t_buf;
+    if (UNLIKELY(!t)) {
+        if (t_ended) {
+            hfrec_record r = {op, 0, 0, 0, stamp(), ret, a, b, (uint64_t)(uintptr_t)site};
+            emit_direct(&r);
+            return;
+        }
+        t = thread_register();
+        if (!t) {
+            __atomic_fetch_add(&g_hdr.dropped, 1, __ATOMIC_RELAXED);
+            return;
+        }
     }
+    uint32_t n = t->n;
+    hfrec_record *r = &t->recs[n];
+    r->op = op;
     r->flags = 0;
     r->reserved = 0;
-    r->thread = t_thread;
-    r->tid = t_tid;
     r->reserved2 = 0;
+    r->ts = stamp();
     r->ret = ret;
     r->a = a;
     r->b = b;
     r->site = (uint64_t)(uintptr_t)site;
-    __atomic_store_n(&r->op, op, __ATOMIC_RELEASE);
-    /* Every 1024 records: has a library been loaded since the last snapshot? */
-    if (UNLIKELY((off / HFREC_RECORD_SIZE & 1023) == 1023) && op != HFREC_MAPS) snapshot_maps(0);
+    __atomic_store_n(&t->n, n + 1, __ATOMIC_RELEASE);
+    if (UNLIKELY(n + 1 == HFREC_CHUNK_RECORDS)) {
+        chunk_flush(t);
+        t->slot = reserve_slot();
+        t->chunk.index++;
+        t->flushed = 0;
+        __atomic_store_n(&t->n, 0, __ATOMIC_RELEASE);
+    } else if (UNLIKELY(__atomic_load_n(&g_exiting, __ATOMIC_RELAXED))) {
+        chunk_flush(t);
+    }
+    /* Every 1024 records of a thread: has a library been loaded since the last snapshot? */
+    if (UNLIKELY((++t->total & 1023) == 0) && op != HFREC_MAPS) snapshot_maps(0);
+}
+
+/* Write every thread's partial chunk. locked: take the list lock (not from a signal handler). */
+static void flush_all(int locked) {
+    if (__atomic_load_n(&g_log_state, __ATOMIC_ACQUIRE) != LOG_OPEN) return;
+    if (locked) pthread_mutex_lock(&g_list_lock);
+    for (tbuf *b = g_threads; b; b = b->next) chunk_flush(b);
+    if (locked) pthread_mutex_unlock(&g_list_lock);
+    write_header_state();
 }
 
 /* ------------------------------------------------------------------ memory-map snapshots */
@@ -346,13 +490,15 @@ static size_t filter_maps(char *buf, size_t len) {
         size_t j = i;
         while (j < len && buf[j] != '\n') j++;
         size_t line_len = j - i;
-        /* start-end perms ...: perms is the second field */
-        size_t k = i;
+        size_t k = i;   /* start-end perms ...: perms is the second field */
         while (k < j && buf[k] != ' ') k++;
         int exec = k + 3 < j && buf[k + 3] == 'x';
         int file = 0;
         for (size_t m = k; m < j; m++)
-            if (buf[m] == '/') { file = 1; break; }
+            if (buf[m] == '/') {
+                file = 1;
+                break;
+            }
         if (exec && file) {
             memmove(buf + out, buf + i, line_len);
             out += line_len;
@@ -383,6 +529,7 @@ static void snapshot_maps(int force) {
                 g_maps_cap = cap;
             }
             ssize_t n = read(fd, g_maps_buf + len, g_maps_cap - len);
+            if (n < 0 && errno == EINTR) continue;
             if (n <= 0) break;
             len += (size_t)n;
         }
@@ -390,6 +537,7 @@ static void snapshot_maps(int force) {
         size_t done = 0;
         while (done < len) {
             ssize_t n = write(g_maps_fd, g_maps_buf + done, len - done);
+            if (n < 0 && errno == EINTR) continue;
             if (n <= 0) break;
             done += (size_t)n;
         }
@@ -402,7 +550,7 @@ static void snapshot_maps(int force) {
     pthread_mutex_unlock(&g_snap_lock);
 }
 
-/* ------------------------------------------------------------------ threads, fork, exit */
+/* ------------------------------------------------------------------ threads, fork, exec, exit, signals */
 
 /* A TSD destructor: re-arm until the last round, so the thread_end comes after the frees
  * other destructors make. */
@@ -415,42 +563,101 @@ static void on_thread_exit(void *value) {
     int saved = errno;
     t_in_hook++;
     emit(HFREC_THREAD_END, 0, 0, 0, NULL);
+    tbuf *b = t_buf;
+    if (b) {
+        chunk_flush(b);
+        t_buf = NULL;
+        thread_unregister(b);
+    }
+    t_ended = 1;
     t_in_hook--;
     errno = saved;
 }
 
 static void atfork_prepare(void) {
+    pthread_mutex_lock(&g_open_lock);
     pthread_mutex_lock(&g_snap_lock);
-    pthread_mutex_lock(&g_win_lock);
+    pthread_mutex_lock(&g_list_lock);
 }
 
 static void atfork_parent(void) {
-    pthread_mutex_unlock(&g_win_lock);
+    pthread_mutex_unlock(&g_list_lock);
     pthread_mutex_unlock(&g_snap_lock);
+    pthread_mutex_unlock(&g_open_lock);
 }
 
-/* The child starts a log of its own: forget the parent's (its windows map the parent's file). */
+/* The child starts a log of its own: the buffers it inherited hold the parent's records. */
 static void atfork_child(void) {
-    for (uint32_t w = 0; w < MAX_WINDOWS; w++) {
-        if (g_windows[w]) {
-            munmap(g_windows[w], HFREC_WINDOW_SIZE);
-            g_windows[w] = NULL;
-        }
+    tbuf *b = g_threads;
+    while (b) {
+        tbuf *next = b->next;
+        munmap(b, sizeof *b);
+        b = next;
     }
-    if (g_hdr) munmap(g_hdr, HFREC_HEADER_SIZE);
-    g_hdr = NULL;
+    g_threads = NULL;
+    t_buf = NULL;
+    t_thread = 0;
+    t_tid = 0;
+    t_ended = 0;
     if (g_fd >= 0) close(g_fd);
     if (g_maps_fd >= 0) close(g_maps_fd);
     g_fd = g_maps_fd = -1;
-    g_file_size = 0;
     g_maps_off = 0;
     g_adds_seen = 0;
     g_next_thread = 1;
-    t_thread = 0;
-    t_tid = 0;
+    g_multi = 0;
+    g_exiting = 0;
     g_log_state = LOG_UNOPENED;
-    pthread_mutex_init(&g_win_lock, NULL);
+    pthread_mutex_init(&g_open_lock, NULL);
     pthread_mutex_init(&g_snap_lock, NULL);
+    pthread_mutex_init(&g_list_lock, NULL);
+}
+
+/* Before exec() replaces the image: everything recorded goes to the file. */
+static void before_exec(void) {
+    if (__atomic_load_n(&g_log_state, __ATOMIC_ACQUIRE) != LOG_OPEN) return;
+    g_hdr.flags |= HFREC_FLAG_EXEC;
+    flush_all(1);
+}
+
+static void exec_failed(void) {
+    if (__atomic_load_n(&g_log_state, __ATOMIC_ACQUIRE) != LOG_OPEN) return;
+    g_hdr.flags &= ~HFREC_FLAG_EXEC;
+    write_header_state();
+}
+
+static const int k_fatal_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS,
+                                      SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGXCPU, SIGXFSZ};
+static volatile sig_atomic_t g_in_fatal;
+
+/* A signal that would kill the process: write what the threads recorded, then die of it. */
+static void on_fatal_signal(int sig) {
+    if (!g_in_fatal) {
+        g_in_fatal = 1;
+        g_hdr.flags |= HFREC_FLAG_SIGNAL;
+        g_hdr.signal = (uint32_t)sig;
+        flush_all(0);
+    }
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(sig, &dfl, NULL);
+    raise(sig);
+}
+
+/* Only where the program left the default: a handler of its own stays (and wins later). */
+static void install_signal_handlers(void) {
+    for (size_t i = 0; i < sizeof k_fatal_signals / sizeof k_fatal_signals[0]; i++) {
+        struct sigaction old;
+        if (sigaction(k_fatal_signals[i], NULL, &old) != 0) continue;
+        if ((old.sa_flags & SA_SIGINFO) || old.sa_handler != SIG_DFL) continue;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_fatal_signal;
+        sa.sa_flags = SA_RESTART | SA_NODEFER | SA_RESETHAND;
+        sigemptyset(&sa.sa_mask);
+        sigaction(k_fatal_signals[i], &sa, NULL);
+    }
 }
 
 __attribute__((constructor)) static void hfrec_init(void) {
@@ -464,7 +671,9 @@ __attribute__((destructor)) static void hfrec_fini(void) {
     int saved = errno;
     t_in_hook++;
     snapshot_maps(0);
-    __atomic_or_fetch(&g_hdr->flags, HFREC_FLAG_EXITED, __ATOMIC_RELEASE);
+    g_hdr.flags |= HFREC_FLAG_EXITED;
+    __atomic_store_n(&g_exiting, 1, __ATOMIC_RELEASE);   /* later records go straight to the file */
+    flush_all(1);
     t_in_hook--;
     errno = saved;
 }
@@ -502,7 +711,7 @@ EXPORT void *calloc(size_t nmemb, size_t size) {
     return p;
 }
 
-/* A block from the bootstrap arena is moved to a real one; the trace sees a fresh malloc. */
+/* A block from the bootstrap arena moves to a real one; the trace sees a fresh malloc. */
 static void *realloc_boot(void *p, size_t n, const void *site) {
     void *q = real.malloc(n ? n : 1);
     if (!q) return NULL;
@@ -518,49 +727,36 @@ static void *realloc_boot(void *p, size_t n, const void *site) {
     return q;
 }
 
-EXPORT void *realloc(void *p, size_t n) {
+static void *realloc_common(void *p, size_t n, const void *site) {
     if (UNLIKELY(!ensure_resolved())) {
         void *q = boot_alloc(n, 16);
         if (q && p) memcpy(q, p, is_boot(p) && boot_size(p) < n ? boot_size(p) : n);
         return q;
     }
-    if (UNLIKELY(p && is_boot(p))) return realloc_boot(p, n, SITE());
+    if (UNLIKELY(p && is_boot(p))) return realloc_boot(p, n, site);
     if (PASS_THROUGH()) return real.realloc(p, n);
     t_in_hook = 1;
     int e = errno;
-    emit(HFREC_REALLOC_BEGIN, 0, (uintptr_t)p, n, SITE());
+    emit(HFREC_REALLOC_BEGIN, 0, (uintptr_t)p, n, site);
     errno = e;
     void *q = real.realloc(p, n);
     e = errno;
-    emit(HFREC_REALLOC_END, (uintptr_t)q, (uintptr_t)p, n, SITE());
+    emit(HFREC_REALLOC_END, (uintptr_t)q, (uintptr_t)p, n, site);
     errno = e;
     t_in_hook = 0;
     return q;
 }
 
+EXPORT void *realloc(void *p, size_t n) { return realloc_common(p, n, SITE()); }
+
+/* glibc's reallocarray calls its internal realloc, which an interposer never sees. */
 EXPORT void *reallocarray(void *p, size_t nmemb, size_t size) {
     size_t n;
     if (__builtin_mul_overflow(nmemb, size, &n)) {
         errno = ENOMEM;
         return NULL;
     }
-    if (UNLIKELY(!ensure_resolved())) {
-        void *q = boot_alloc(n, 16);
-        if (q && p) memcpy(q, p, is_boot(p) && boot_size(p) < n ? boot_size(p) : n);
-        return q;
-    }
-    if (UNLIKELY(p && is_boot(p))) return realloc_boot(p, n, SITE());
-    if (PASS_THROUGH()) return real.realloc(p, n);
-    t_in_hook = 1;
-    int e = errno;
-    emit(HFREC_REALLOC_BEGIN, 0, (uintptr_t)p, n, SITE());
-    errno = e;
-    void *q = real.realloc(p, n);
-    e = errno;
-    emit(HFREC_REALLOC_END, (uintptr_t)q, (uintptr_t)p, n, SITE());
-    errno = e;
-    t_in_hook = 0;
-    return q;
+    return realloc_common(p, n, SITE());
 }
 
 EXPORT void free(void *p) {
@@ -651,4 +847,97 @@ EXPORT size_t malloc_usable_size(void *p) {
     errno = e;
     t_in_hook = 0;
     return n;
+}
+
+/* exec*: libc's exec functions call execve internally, out of an interposer's reach, so
+ * each is wrapped to write the buffers out first. */
+EXPORT int execve(const char *path, char *const argv[], char *const envp[]) {
+    ensure_resolved();
+    before_exec();
+    int rc = real.execve(path, argv, envp);
+    int e = errno;
+    exec_failed();
+    errno = e;
+    return rc;
+}
+
+EXPORT int execv(const char *path, char *const argv[]) {
+    ensure_resolved();
+    before_exec();
+    int rc = real.execv(path, argv);
+    int e = errno;
+    exec_failed();
+    errno = e;
+    return rc;
+}
+
+EXPORT int execvp(const char *file, char *const argv[]) {
+    ensure_resolved();
+    before_exec();
+    int rc = real.execvp(file, argv);
+    int e = errno;
+    exec_failed();
+    errno = e;
+    return rc;
+}
+
+EXPORT int execvpe(const char *file, char *const argv[], char *const envp[]) {
+    ensure_resolved();
+    before_exec();
+    int rc = real.execvpe ? real.execvpe(file, argv, envp) : (errno = ENOSYS, -1);
+    int e = errno;
+    exec_failed();
+    errno = e;
+    return rc;
+}
+
+EXPORT int fexecve(int fd, char *const argv[], char *const envp[]) {
+    ensure_resolved();
+    before_exec();
+    int rc = real.fexecve ? real.fexecve(fd, argv, envp) : (errno = ENOSYS, -1);
+    int e = errno;
+    exec_failed();
+    errno = e;
+    return rc;
+}
+
+/* The list forms: collect the arguments on the stack (no allocation) and take the v forms. */
+#define COLLECT_ARGS(arg0, ap, argv, with_env, envp)          \
+    do {                                                      \
+        size_t n_ = 1;                                        \
+        va_start(ap, arg0);                                   \
+        while (va_arg(ap, const char *)) n_++;                \
+        va_end(ap);                                           \
+        argv = __builtin_alloca((n_ + 1) * sizeof(char *));   \
+        argv[0] = (char *)(arg0);                             \
+        va_start(ap, arg0);                                   \
+        for (size_t i_ = 1; i_ <= n_; i_++) argv[i_] = va_arg(ap, char *); \
+        if (with_env) envp = va_arg(ap, char **);             \
+        va_end(ap);                                           \
+    } while (0)
+
+EXPORT int execl(const char *path, const char *arg, ...) {
+    va_list ap;
+    char **argv;
+    char **envp = NULL;
+    COLLECT_ARGS(arg, ap, argv, 0, envp);
+    (void)envp;
+    return execv(path, argv);
+}
+
+EXPORT int execlp(const char *file, const char *arg, ...) {
+    va_list ap;
+    char **argv;
+    char **envp = NULL;
+    COLLECT_ARGS(arg, ap, argv, 0, envp);
+    (void)envp;
+    return execvp(file, argv);
+}
+
+EXPORT int execle(const char *path, const char *arg, ...) {
+    va_list ap;
+    char **argv;
+    char **envp = NULL;
+    COLLECT_ARGS(arg, ap, argv, 1, envp);
+    return execve(path, argv, envp);
 }

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from forensics import model
+from forensics import model, native
 from forensics.errors import BadInputError
 from forensics.minimize import decode_event, probe_kind_of
 from forensics.replay import EVENT_SIZE, RECORD_SIZE, ReplayConfig, TraceFile, run_replay
@@ -29,17 +29,18 @@ from forensics.trace import convert, sniff
 
 # hfr_event columns that make up a decision (csrc/hftrace.h), compared by their low byte:
 # every route, action, stage mask, probe verdict (-1, 0, 1), outcome and status fits in it.
+_F = native.HfrEvent
 _DECISION_COLUMNS: tuple[tuple[str, int], ...] = (
-    ("status", 46),
-    ("outcome", 45),
-    ("route", 16),
-    ("action", 20),
-    ("stages", 24),  # stages_tried
-    ("stages", 28),  # stages_hit
-    ("probe", 32),
+    ("status", _F.status.offset),
+    ("outcome", _F.outcome.offset),
+    ("route", _F.route.offset),
+    ("action", _F.action.offset),
+    ("stages", _F.stages_tried.offset),
+    ("stages", _F.stages_hit.offset),
+    ("probe", _F.probe.offset),
 )
-_OWNER_COLUMN = 44
-_STATUS_COLUMN = 46
+_OWNER_COLUMN = _F.owner.offset
+_STATUS_COLUMN = _F.status.offset
 _STARTED = model.EventStatus.STARTED.code
 ZIP_MAGIC = b"PK\x03\x04"
 
@@ -85,7 +86,7 @@ def compare_records(ra: bytes, rb: bytes) -> tuple[int | None, tuple[str, ...], 
         return None, (), owner
     index = min(firsts.values())
     what = tuple(dict.fromkeys(name for name, i in firsts.items() if i == index))
-    status_a, status_b = ra[index * EVENT_SIZE + 46], rb[index * EVENT_SIZE + 46]
+    status_a, status_b = ra[index * EVENT_SIZE + _STATUS_COLUMN], rb[index * EVENT_SIZE + _STATUS_COLUMN]
     if _STARTED in (status_a, status_b):
         what = ("crash",)  # the side that died made no decision to compare
     return index, what, owner
@@ -169,8 +170,8 @@ def _diff_replays(la: str, ra: model.ReplayResult, lb: str, rb: model.ReplayResu
     if index is not None:
         rec = tf.get_record(index)
         record = (rec.op, rec.tid, rec.obj)
-        ea = decode_event(ra.raw_events, index, record, probe_kind_of(ra))
-        eb = decode_event(rb.raw_events, index, record, probe_kind_of(rb))
+        ea = decode_event(ra.raw_events, index, record, probe_kind_of(ra.allocator, ra.knobs))
+        eb = decode_event(rb.raw_events, index, record, probe_kind_of(rb.allocator, rb.knobs))
         divergence = model.Divergence(index, what, ea, eb, ea.status is model.EventStatus.STARTED, eb.status is model.EventStatus.STARTED)
     routes, outcomes = _tables(sa, sb)
     return model.DiffResult(
@@ -234,8 +235,8 @@ def diff_files(path_a: str | os.PathLike[str], path_b: str | os.PathLike[str]) -
         divergence = None
         if index is not None:
             record = a.get_record(index)
-            ea = decode_event(a.raw, index, record, _probe_of(a.side))
-            eb = decode_event(b.raw, index, record, _probe_of(b.side))
+            ea = decode_event(a.raw, index, record, probe_kind_of(a.side.allocator, a.side.knobs))
+            eb = decode_event(b.raw, index, record, probe_kind_of(b.side.allocator, b.side.knobs))
             divergence = model.Divergence(index, what, ea, eb, ea.status is model.EventStatus.STARTED, eb.status is model.EventStatus.STARTED)
         return model.DiffResult(a.side, b.side, routes, outcomes, divergence, index if index is not None else a.side.num_events, True, owner)
     if a.side.num_events != b.side.num_events:
@@ -254,13 +255,6 @@ def _labels(a: Path, b: Path) -> tuple[str, str]:
     if a.name != b.name:
         return a.name, b.name
     return str(a), str(b)
-
-
-def _probe_of(side: model.DiffSide) -> model.ProbeKind | None:
-    if side.allocator == "libc":
-        return None
-    value = side.knobs.get("HAKMEM_HEADER_PROBE", "off")
-    return model.ProbeKind(value) if value in {p.value for p in model.ProbeKind} else None
 
 
 def _load(path: str | os.PathLike[str], kind: str, label: str) -> _Loaded:
@@ -288,10 +282,7 @@ def _load(path: str | os.PathLike[str], kind: str, label: str) -> _Loaded:
 def _from_doc(doc: dict[str, Any], label: str, source: str) -> _Loaded:
     try:
         knobs = dict(doc.get("knobs") or {})
-        probe = None
-        if doc["allocator"] != "libc":
-            value = knobs.get("HAKMEM_HEADER_PROBE", "off")
-            probe = model.ProbeKind(value) if value in {p.value for p in model.ProbeKind} else None
+        probe = probe_kind_of(doc["allocator"], knobs)
         crash = _crash_from_json(doc.get("crash"))
         crash_event = event_from_json(doc["crash"]["event"], probe) if doc.get("crash") and doc["crash"].get("event") else None
         side = model.DiffSide(

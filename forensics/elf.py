@@ -17,7 +17,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from forensics import abi
 from forensics.errors import BadInputError
-from forensics.model import LibraryInfo, StructLayout, SymbolStatus
+from forensics.model import CodeLocation, LibraryInfo, StructLayout, SymbolStatus
 
 _ELF_ERRORS = (ELFError, ELFParseError, DWARFError, struct.error, ValueError, KeyError, IndexError)
 
@@ -287,3 +287,219 @@ def get_struct_layout(path: str | os.PathLike[str], name: str) -> StructLayout:
 def get_struct_layouts(path: str | os.PathLike[str], names: list[str]) -> dict[str, StructLayout | None]:
     with ElfFile(path) as elf:
         return elf.get_struct_layouts(names)
+
+
+# --------------------------------------------------------------------------- symbolization
+# Call sites to function + file:line (issue 5). Addresses here are the ELF's own virtual
+# addresses (link-time, so 0-based for PIE executables and shared libraries); turning a
+# runtime address into one through a memory map is forensics.sites' job, which asks for
+# the load segments below.
+
+
+def _get_build_id(elf: ElfFile) -> str | None:
+    try:
+        for section in elf._elf.iter_sections():
+            if section["sh_type"] != "SHT_NOTE":
+                continue
+            for note in section.iter_notes():
+                if note["n_type"] == "NT_GNU_BUILD_ID":
+                    desc = note["n_desc"]
+                    return desc if isinstance(desc, str) else bytes(desc).hex()
+    except _ELF_ERRORS:
+        return None
+    return None
+
+
+def _get_load_segments(elf: ElfFile) -> list[tuple[int, int, int]]:
+    """(file offset, file size, virtual address) of each PT_LOAD segment."""
+    out = []
+    try:
+        for seg in elf._elf.iter_segments():
+            if seg["p_type"] == "PT_LOAD":
+                out.append((seg["p_offset"], seg["p_filesz"], seg["p_vaddr"]))
+    except _ELF_ERRORS as exc:
+        raise BadInputError(f"{elf.path}: malformed program headers: {exc}") from None
+    return out
+
+
+def _file_offset_to_vaddr(segments: list[tuple[int, int, int]], offset: int) -> int | None:
+    for p_offset, p_filesz, p_vaddr in segments:
+        if p_offset <= offset < p_offset + p_filesz:
+            return p_vaddr + (offset - p_offset)
+    return None
+
+
+def _function_symbols(elf: ElfFile) -> tuple[list[int], list[tuple[int, str]]]:
+    """Sorted starts and (end, name) of the sized FUNC symbols (.symtab, else .dynsym)."""
+    funcs: dict[int, tuple[int, str]] = {}
+    for name in (".symtab", ".dynsym"):
+        section = elf._elf.get_section_by_name(name)
+        if not isinstance(section, SymbolTableSection):
+            continue
+        for sym in section.iter_symbols():
+            if sym["st_info"]["type"] not in ("STT_FUNC", "STT_GNU_IFUNC") or sym["st_shndx"] == "SHN_UNDEF":
+                continue
+            start, size = sym["st_value"], sym["st_size"]
+            if size <= 0 or not sym.name:
+                continue
+            prev = funcs.get(start)
+            # prefer a global name over a local alias at the same address
+            if prev is None or (sym["st_info"]["bind"] == "STB_GLOBAL" and prev[1].startswith("_")):
+                funcs[start] = (start + size, sym.name)
+        if funcs:
+            break
+    starts = sorted(funcs)
+    return starts, [funcs[s] for s in starts]
+
+
+def _dwarf_file_name(lineprog, cu_top, index: int) -> str | None:
+    header = lineprog.header
+    files = header["file_entry"]
+    dirs = header["include_directory"]
+    version = header["version"]
+    pos = index if version >= 5 else index - 1
+    if not 0 <= pos < len(files):
+        return None
+    entry = files[pos]
+    name = entry.name.decode("utf-8", "replace") if isinstance(entry.name, bytes) else str(entry.name)
+    if os.path.isabs(name):
+        return name
+    dir_index = entry.dir_index
+    if version >= 5:
+        directory = dirs[dir_index] if 0 <= dir_index < len(dirs) else b""
+    elif dir_index > 0 and dir_index - 1 < len(dirs):
+        directory = dirs[dir_index - 1]
+    else:
+        comp_dir = cu_top.attributes.get("DW_AT_comp_dir") if cu_top is not None else None
+        directory = comp_dir.value if comp_dir is not None else b""
+    directory = directory.decode("utf-8", "replace") if isinstance(directory, bytes) else str(directory or "")
+    if directory and not os.path.isabs(directory) and cu_top is not None and "DW_AT_comp_dir" in cu_top.attributes:
+        comp = cu_top.attributes["DW_AT_comp_dir"].value
+        comp = comp.decode("utf-8", "replace") if isinstance(comp, bytes) else str(comp)
+        directory = os.path.join(comp, directory)
+    return os.path.normpath(os.path.join(directory, name)) if directory else name
+
+
+def _cu_rows(dwarf, cu) -> tuple[list[int], list[tuple[str | None, int]]]:
+    """The line table of one CU: sorted addresses and (file, line) rows; line 0 = no code."""
+    lineprog = dwarf.line_program_for_CU(cu)
+    if lineprog is None:
+        return [], []
+    top = cu.get_top_DIE()
+    names: dict[int, str | None] = {}
+    rows: list[tuple[int, int, str | None, int]] = []
+    for entry in lineprog.get_entries():
+        state = entry.state
+        if state is None:
+            continue
+        if state.end_sequence:
+            rows.append((state.address, 0, None, 0))
+            continue
+        if state.file not in names:
+            names[state.file] = _dwarf_file_name(lineprog, top, state.file)
+        rows.append((state.address, 1, names[state.file], state.line))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return [r[0] for r in rows], [(r[2], r[3]) for r in rows]
+
+
+def _cu_functions(cu) -> list[tuple[int, int, str]]:
+    """(low, high, name) of the CU's subprograms that have code (not inlined instances)."""
+    out = []
+    for die in cu.iter_DIEs():
+        if die.tag != "DW_TAG_subprogram":
+            continue
+        attrs = die.attributes
+        if "DW_AT_low_pc" not in attrs or "DW_AT_high_pc" not in attrs:
+            continue
+        low = attrs["DW_AT_low_pc"].value
+        high_attr = attrs["DW_AT_high_pc"]
+        high = high_attr.value if high_attr.form == "DW_FORM_addr" else low + high_attr.value
+        name = _die_name(die)
+        if name is None and "DW_AT_specification" in attrs:
+            name = _die_name(die.get_DIE_from_attribute("DW_AT_specification"))
+        if name is None and "DW_AT_abstract_origin" in attrs:
+            name = _die_name(die.get_DIE_from_attribute("DW_AT_abstract_origin"))
+        if "DW_AT_linkage_name" in attrs:
+            linkage = attrs["DW_AT_linkage_name"].value
+            name = linkage.decode("utf-8", "replace") if isinstance(linkage, bytes) else str(linkage)
+        if name:
+            out.append((low, high, name))
+    return out
+
+
+def _lookup_code(elf: ElfFile, vaddrs: list[int]) -> dict[int, CodeLocation]:
+    from bisect import bisect_right
+
+    starts, funcs = _function_symbols(elf)
+    out: dict[int, CodeLocation] = {}
+    for vaddr in vaddrs:
+        function = None
+        i = bisect_right(starts, vaddr) - 1
+        if i >= 0 and vaddr < funcs[i][0]:
+            function = funcs[i][1]
+        out[vaddr] = CodeLocation(vaddr, function, None, None)
+    if not elf._elf.has_dwarf_info() or elf._elf.get_section_by_name(".debug_line") is None:
+        return out
+    dwarf = elf._elf.get_dwarf_info()
+    # Which CU holds each address: .debug_aranges when present (then only those CUs are
+    # read: a big library costs what the sites in it cost), else every CU.
+    wanted: dict[int, list[int]] = {}
+    aranges = dwarf.get_aranges() if elf._elf.get_section_by_name(".debug_aranges") is not None else None
+    if aranges is not None:
+        for vaddr in vaddrs:
+            cu_offset = aranges.cu_offset_at_addr(vaddr)
+            if cu_offset is not None:
+                wanted.setdefault(cu_offset, []).append(vaddr)
+        cus = [dwarf.get_CU_at(off) for off in sorted(wanted)]
+    else:
+        cus = list(dwarf.iter_CUs())
+    remaining = set(vaddrs)
+    for cu in cus:
+        addrs, rows = _cu_rows(dwarf, cu)
+        if not addrs:
+            continue
+        subprograms = None
+        for vaddr in wanted.get(cu.cu_offset, vaddrs) if aranges is not None else list(remaining):
+            if vaddr not in remaining or vaddr < addrs[0] or vaddr > addrs[-1]:
+                continue
+            j = bisect_right(addrs, vaddr) - 1
+            file, line = rows[j]
+            if not line:
+                continue  # past the end of a sequence: not this CU's code
+            function = out[vaddr].function
+            if function is None:
+                if subprograms is None:
+                    subprograms = _cu_functions(cu)
+                for low, high, name in subprograms:
+                    if low <= vaddr < high:
+                        function = name
+                        break
+            out[vaddr] = CodeLocation(vaddr, function, file, line)
+            remaining.discard(vaddr)
+    return out
+
+
+def get_build_id(path: str | os.PathLike[str]) -> str | None:
+    """The GNU build id of an ELF file (hex), or None if it has none."""
+    with ElfFile(path) as elf:
+        return _get_build_id(elf)
+
+
+def get_load_segments(path: str | os.PathLike[str]) -> list[tuple[int, int, int]]:
+    """(file offset, file size, virtual address) of each PT_LOAD segment."""
+    with ElfFile(path) as elf:
+        return _get_load_segments(elf)
+
+
+def file_offset_to_vaddr(segments: list[tuple[int, int, int]], offset: int) -> int | None:
+    """The virtual address the byte at file offset `offset` is loaded at (link-time), or None."""
+    return _file_offset_to_vaddr(segments, offset)
+
+
+def get_code_locations(path: str | os.PathLike[str], vaddrs: list[int]) -> dict[int, CodeLocation]:
+    """Function (symbol table, else DWARF) and file:line (DWARF .debug_line) of each address."""
+    with ElfFile(path) as elf:
+        try:
+            return _lookup_code(elf, sorted(set(vaddrs)))
+        except _ELF_ERRORS as exc:
+            raise BadInputError(f"{path}: malformed debug information: {exc}") from None

@@ -220,10 +220,15 @@ def place_address(addr: int, maps: list[tuple[int, int, str, str]], ptr: int | N
         rel = "at ptr" if delta == 0 else f"at ptr{'-' if delta < 0 else '+'}{abs(delta)}"
     if inside:
         lo, hi, perms, line = rows[idx]
+        fields = line.split()
+        name = fields[5] if len(fields) >= 6 else ""
+        named = f" {name}" if name else ""
         if "r" not in perms:
-            where = f"in a mapping without read permission ({perms}) {lo:#x}-{hi:#x}: a PROT_NONE guard"
+            where = f"in a mapping without read permission ({perms}) {lo:#x}-{hi:#x}{named}: a PROT_NONE guard"
+        elif name == "[heap]":
+            where = f"inside libc memory: the [heap] mapping {lo:#x}-{hi:#x}"
         else:
-            where = f"inside the readable mapping {lo:#x}-{hi:#x} ({perms})"
+            where = f"inside the readable mapping {lo:#x}-{hi:#x} ({perms}){named}"
     else:
         below = rows[idx - 1] if idx > 0 else None
         above = rows[idx] if idx < len(rows) else None

@@ -112,7 +112,7 @@ def find_first_bad(
         if first is not None and last is not None and last.raw_events is not None:
             with TraceFile(binary) as tf:
                 rec = tf.get_record(first.event_index)
-            event = decode_event(last.raw_events, first.event_index, (rec.op, rec.tid, rec.obj), probe_kind_of(last))
+            event = decode_event(last.raw_events, first.event_index, (rec.op, rec.tid, rec.obj), probe_kind_of(last.allocator, last.knobs))
         verified, verify_checks = None, 0
         if verify:
             say("verifying: the check after every event")

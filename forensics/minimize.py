@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from forensics import model, native
 from forensics.errors import BadInputError
@@ -80,11 +80,11 @@ def decode_event(raw_events: bytes, index: int, record: Sequence[int], probe_kin
     return native.event_result(index, e, op=OP_NAMES[record[0]], tid=record[1], obj=record[2], probe_kind=probe_kind)
 
 
-def probe_kind_of(result: model.ReplayResult) -> model.ProbeKind | None:
-    """The header probe a replay ran with (None under libc)."""
-    if result.allocator == "libc":
+def probe_kind_of(allocator: str, knobs: Mapping[str, str]) -> model.ProbeKind | None:
+    """The header probe a replay ran with, from its allocator and effective knobs (None: libc)."""
+    if allocator == "libc":
         return None
-    value = result.knobs.get("HAKMEM_HEADER_PROBE", "off")
+    value = knobs.get("HAKMEM_HEADER_PROBE", "off")
     return model.ProbeKind(value) if value in {p.value for p in model.ProbeKind} else None
 
 
@@ -107,7 +107,7 @@ def pick_signature(
             raise BadInputError(f"--event {event}: out of range (the trace has {result.num_events} events)")
         assert result.raw_events is not None
         ev = result.crash_event if result.crash_event is not None and result.crash_event.index == event else None
-        ev = ev or decode_event(result.raw_events, event, events[event], probe_kind_of(result))
+        ev = ev or decode_event(result.raw_events, event, events[event], probe_kind_of(result.allocator, result.knobs))
         if ev.status is model.EventStatus.PENDING:
             raise BadInputError(f"--event {event}: the replay never got there")
     elif kind is model.SignatureKind.OUTCOME:
@@ -272,9 +272,11 @@ class _Tester:
             write_trace(path, self.header, (self.events[i] for i in indices), binary=True)
             try:
                 result = run_replay(path, self.config, keep_events=self.sig.kind is not model.SignatureKind.CRASH)
+                ok = matches(self.sig, result)
+            except BadInputError:
+                ok = False  # the native replay refused the candidate: it shows nothing
             finally:
                 path.unlink(missing_ok=True)
-            ok = matches(self.sig, result)
             with self._lock:
                 self.replays += 1
         with self._lock:

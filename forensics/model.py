@@ -699,7 +699,7 @@ class FirstBadResult:
 
 
 # -------------------------------------------------------------------- probe audit
-def _median(values: tuple[float, ...]) -> float:
+def median_of(values: tuple[float, ...]) -> float:
     s = sorted(values)
     if not s:
         return 0.0
@@ -707,13 +707,13 @@ def _median(values: tuple[float, ...]) -> float:
     return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
 
 
-def _quartiles(values: tuple[float, ...]) -> tuple[float, float]:
+def quartiles_of(values: tuple[float, ...]) -> tuple[float, float]:
     """(first, third) quartile by the median-of-halves rule; (v, v) for one value."""
     s = sorted(values)
     if len(s) < 2:
         return (s[0], s[0]) if s else (0.0, 0.0)
     half = len(s) // 2
-    return _median(tuple(s[:half])), _median(tuple(s[len(s) - half :]))
+    return median_of(tuple(s[:half])), median_of(tuple(s[len(s) - half :]))
 
 
 @dataclass(frozen=True)
@@ -752,19 +752,19 @@ class ProbeCost:
 
     @property
     def ns_median(self) -> float:
-        return _median(self.ns)
+        return median_of(self.ns)
 
     @property
     def ns_quartiles(self) -> tuple[float, float]:
-        return _quartiles(self.ns)
+        return quartiles_of(self.ns)
 
     @property
     def cycles_median(self) -> float:
-        return _median(self.cycles)
+        return median_of(self.cycles)
 
     @property
     def cycles_quartiles(self) -> tuple[float, float]:
-        return _quartiles(self.cycles)
+        return quartiles_of(self.cycles)
 
 
 @dataclass
@@ -900,7 +900,7 @@ class TimingCell:
 
     @property
     def median(self) -> float | None:
-        return _median(tuple(s for s in self.seconds if s is not None)) if self.completed else None
+        return median_of(tuple(s for s in self.seconds if s is not None)) if self.completed else None
 
 
 @dataclass(frozen=True)
@@ -912,9 +912,9 @@ class Overhead:
     baseline_trace: str
     baseline_probe: str
     ratio: float | None  # median(variant) / median(baseline); None if either crashed
-    ratio_min: float | None
-    ratio_max: float | None
-    noise: float  # relative spread of the baseline's own runs ((max - min) / median), at least 1%
+    ratio_lo: float | None  # quartiles of the run-by-run ratios (variant run i / baseline run i)
+    ratio_hi: float | None
+    noise: float  # the baseline's own run-to-run spread: 2 * MAD / median, at least 1%
 
 
 @dataclass(frozen=True)
@@ -1056,6 +1056,7 @@ class LogCrash:
     free_seq: int | None  # the free in progress (preload library)
     file: str
     line: int
+    history: tuple[RegistryLine, ...] = ()  # registry changes for the regions covering ptr, before the crash
 
 
 @dataclass
@@ -1233,6 +1234,178 @@ class ProgramRun:
     child_logs: list[str]  # logs of processes the program started (kept next to the log)
     main: RouteLogResult  # the main process's log
     children: RouteLogResult | None  # every other process's log, together (None: there were none)
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.exit_signal is None:
+            return None
+        try:
+            return _signal.Signals(self.exit_signal).name
+        except ValueError:
+            return f"signal {self.exit_signal}"
+
+
+# ------------------------------------------------------------ recordings, imports, call sites
+# Issue 5: traces from real programs (forensics.record, forensics.importers) and their
+# symbolized call sites (forensics.sites, forensics.elf).
+
+
+@dataclass(frozen=True)
+class CodeLocation:
+    """What an address in an ELF file is: its function and source line (None when unknown)."""
+
+    vaddr: int  # link-time virtual address in the file
+    function: str | None
+    file: str | None
+    line: int | None
+
+
+@dataclass(frozen=True)
+class MappedFile:
+    """One executable, file-backed line of a process's memory map (/proc/PID/maps)."""
+
+    start: int
+    end: int
+    offset: int  # file offset of `start`
+    path: str
+
+    def contains(self, address: int) -> bool:
+        return self.start <= address < self.end
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """A call site (a return address in the recorded process) and what it symbolizes to."""
+
+    address: int
+    module: str | None = None  # the mapped file it falls in
+    vaddr: int | None = None  # its address inside that file (link-time)
+    function: str | None = None
+    file: str | None = None
+    line: int | None = None
+
+    def describe(self) -> str:
+        """'func (file.c:12)', 'func (libc.so.6+0x2a1b)', 'libfoo.so+0x10' or the hex address."""
+        where = None
+        if self.file and self.line:
+            where = f"{self.file.rsplit('/', 1)[-1]}:{self.line}"
+        elif self.module is not None and self.vaddr is not None:
+            where = f"{self.module.rsplit('/', 1)[-1]}+{self.vaddr:#x}"
+        if self.function and where:
+            return f"{self.function} ({where})"
+        return self.function or where or f"{self.address:#x}"
+
+
+@dataclass(frozen=True)
+class AddressFinding:
+    """A forensic op an importer or the recorder produced, or an anomaly it repaired.
+
+    kind: free_interior, double_free, free_raw, or implicit_free (an allocation returned an
+    address still live: the source never showed its free, so the old object was freed)."""
+
+    event_index: int  # the event in the output trace
+    kind: str
+    tid: int
+    address: int
+    obj: int  # 0 for free_raw
+    offset: int  # free_interior: bytes into the block
+    block_size: int  # the block the address falls in (0 if none)
+    site: int
+    where: int  # source line (importers) or record number (recorder)
+    call: str  # "free", "realloc" or "alloc"
+
+    def explain(self) -> str:
+        """One line in the terms memcheck uses."""
+        if self.kind == "free_interior":
+            return (f"{self.call}({self.address:#x}): {self.offset} bytes inside a {self.block_size}-byte block "
+                    f"(object {self.obj}) that is live")
+        if self.kind == "double_free":
+            return f"{self.call}({self.address:#x}): the {self.block_size}-byte block (object {self.obj}) was already freed"
+        if self.kind == "free_raw":
+            return f"{self.call}({self.address:#x}): not allocated, not (recently) freed"
+        return (f"allocation returned {self.address:#x}, still live as object {self.obj} "
+                f"({self.block_size} bytes): its free was never seen")
+
+
+@dataclass(frozen=True)
+class MemcheckCheck:
+    """Memcheck's own verdict on a bad free in a valgrind log, next to the importer's."""
+
+    event_index: int  # the importer's event for that free
+    ours: str  # the trace op: free_interior, double_free, free_raw (or free, realloc)
+    our_offset: int
+    memcheck: str  # "inside_live", "inside_freed", "unknown", "other"
+    memcheck_offset: int | None
+    block_size: int | None
+    line: int  # where memcheck's report starts
+
+    @property
+    def agrees(self) -> bool:
+        if self.memcheck == "inside_live":
+            return self.ours == "free_interior" and self.our_offset == self.memcheck_offset
+        if self.memcheck == "inside_freed":
+            return self.ours == ("double_free" if self.memcheck_offset == 0 else "free_raw")
+        if self.memcheck == "unknown":
+            return self.ours == "free_raw"
+        return False
+
+
+@dataclass
+class TraceOutput:
+    """One trace an import or a recording wrote, and what went into it."""
+
+    path: str
+    pid: int | None
+    generation: int = 0  # exec() generation (recordings)
+    events: int = 0
+    objects: int = 0  # highest object id
+    threads: int = 0
+    op_counts: dict[str, int] = field(default_factory=dict)  # trace op -> events
+    thread_counts: dict[int, int] = field(default_factory=dict)  # trace tid -> events
+    repairs: dict[str, int] = field(default_factory=dict)  # e.g. failed_alloc, implicit_free
+    findings: list[AddressFinding] = field(default_factory=list)  # the first ones
+    finding_count: int = 0
+    memcheck: list[MemcheckCheck] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)  # recorder: calls per function
+    note: str = ""
+    symbolized: int = 0  # sites with a function name
+    sites: int = 0  # distinct call sites
+
+
+@dataclass
+class ImportResult:
+    """`import`: a foreign log turned into traces (one per process in it)."""
+
+    format: str
+    source: str
+    lines: int
+    malformed: int  # lines skipped with --lenient
+    malformed_samples: list[str]  # "file:line: reason", the first few
+    outputs: list[TraceOutput]
+    seconds: float
+    peak_rss_kib: int
+    timing: dict[str, tuple[int, int]] = field(default_factory=dict)  # android: op -> (calls timed, total ns)
+
+    @property
+    def events(self) -> int:
+        return sum(o.events for o in self.outputs)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class RecordResult:
+    """`record`: a program run under the recorder, and the traces of its processes."""
+
+    command: list[str]
+    exit_status: int | None
+    exit_signal: int | None
+    hang: bool
+    seconds: float
+    outputs: list[TraceOutput]  # the main process first
+    raw_dir: str | None  # where the raw logs were kept (None: removed)
 
     @property
     def signal_name(self) -> str | None:

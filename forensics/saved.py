@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forensics import model, native
+from forensics import abi, model, native
 from forensics.errors import BadInputError
 from forensics.replay import EVENT_SIZE, ReplayConfig, TraceFile, _op_name
 from forensics.report import replay as replay_report
@@ -44,7 +44,9 @@ def save_result(result: model.ReplayResult, config: ReplayConfig, path: str | os
         "schema": SCHEMA,
         "replay": replay_report.to_json(result),
         "config": {
-            "lib": None if config.libc else result.allocator,
+            # the bundled library is recorded as null: wherever the result is opened, the
+            # bundled hakmem-ref of that installation stands in for it
+            "lib": None if config.libc or abi.is_bundled(Path(result.allocator)) else result.allocator,
             "libc": config.libc,
             "overrides": config.get_overrides(),
             "threads": config.threads,

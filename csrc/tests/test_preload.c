@@ -242,6 +242,6 @@ int main(void) {
     test_foreign();
     test_threads();
     test_fork();
-    printf("preload: %d passed, %d failed\n", g_passed, g_failed);
+    printf("# preload (LD_PRELOAD=libhakmem_preload.so)\n%d passed, %d failed\n", g_passed, g_failed);
     return g_failed ? 1 : 0;
 }

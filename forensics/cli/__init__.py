@@ -92,12 +92,24 @@ def _register() -> None:
     app.command("replay", epilog=EXIT_CODES_EPILOG)(replay.replay)
     app.command("convert", epilog=EXIT_CODES_EPILOG)(convert.convert)
     app.add_typer(gen.app, name="gen")
+    from forensics.cli import routes as routes_cmd, run as run_cmd
+
+    app.command("routes", epilog=EXIT_CODES_EPILOG)(routes_cmd.routes)
+    # everything after the program's name belongs to the program, options included
+    app.command("run", epilog=EXIT_CODES_EPILOG,
+                context_settings={"allow_interspersed_args": False})(run_cmd.run)
     from forensics.cli import explain as explain_cli
 
     app.command("explain", epilog=EXIT_CODES_EPILOG)(explain_cli.explain)
+    from forensics.cli import tui as tui_cli
+
+    app.command("tui", epilog=EXIT_CODES_EPILOG)(tui_cli.tui)
     from forensics.cli import probe as probe_cli
 
     app.add_typer(probe_cli.app, name="probe")
+    from forensics.cli import verify as verify_cli
+
+    app.command("verify", epilog=EXIT_CODES_EPILOG)(verify_cli.verify)
     from forensics.cli import diff as diff_cli, firstbad as firstbad_cli, minimize as minimize_cli
 
     app.command("minimize", epilog=EXIT_CODES_EPILOG)(minimize_cli.minimize)

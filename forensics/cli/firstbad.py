@@ -10,8 +10,7 @@ from rich.status import Status
 
 from forensics import fixtures
 from forensics.cli.common import write_json
-from forensics.cli.replay import AllocatorChoice, ModeChoice, ProbeChoice, _parse_knobs
-from forensics.errors import BadInputError
+from forensics.cli.replay import ModeChoice, ProbeChoice, _parse_knobs
 from forensics.firstbad import DEFAULT_FANOUT, find_first_bad
 from forensics.replay import DEFAULT_TIMEOUT, ReplayConfig
 from forensics.report import firstbad as firstbad_report
@@ -48,8 +47,6 @@ def firstbad(
         threads=False,
         timeout=timeout,
     )
-    if config.libc:  # pragma: no cover - there is no --allocator here: libc has no consistency check
-        raise BadInputError("libc has no consistency check")
     quiet = json_out == "-"
     err = make_console(stderr=True)
     status = Status("bisecting", console=err)

@@ -1,8 +1,8 @@
 """`hakmem-forensics probe audit` and `hakmem-forensics probe ADDR... --trace T --event N`.
 
 Registered in the app as a sub-command group: ``app.add_typer(probe.app, name="probe")``.
-A first argument that is not a sub-command name is taken as an address of `probe addr`, so
-`probe 0x7ffff6afffe0 --trace t.htb --event 44` works as written.
+A first argument that is not a sub-command name starts `probe addr`, so
+`probe 0x7ffff6afffe0 --trace t.htb --event 44` and `probe --trace t.htb --event 44` work as written.
 """
 
 from __future__ import annotations
@@ -28,18 +28,19 @@ EPILOG = (
 
 
 class _AddrDefaultGroup(TyperGroup):
-    """A group whose unknown first argument is an address for the `addr` command."""
+    """A group whose first argument, when it names no sub-command (an address, or an option
+    such as --trace), starts the `addr` command."""
 
-    def resolve_command(self, ctx, args):  # type: ignore[override]
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+    def parse_args(self, ctx, args):  # type: ignore[override]
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
             args = ["addr", *args]
-        return super().resolve_command(ctx, args)
+        return super().parse_args(ctx, args)
 
 
 app = typer.Typer(
     name="probe",
     cls=_AddrDefaultGroup,
-    help="Readability probes: the audit against a test bed, or the verdicts on live addresses of a replay.",
+    help="Readability probes: `probe audit` judges every probe on a test bed; `probe [ADDR...] --trace T --event N` (= `probe addr`) gives every probe's verdict on live addresses of a replay stopped before event N.",
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -139,6 +139,11 @@ def _findings(title: str, findings: list[Finding], numbered: bool = False) -> li
 
 
 def render_explanation(e: Explanation, console: Console) -> None:
+    console.print(explanation_renderable(e))
+
+
+def explanation_renderable(e: Explanation, *, panel: bool = True) -> Any:
+    """The explanation as one rich renderable (a Panel, or the bare Group)."""
     parts: list[Any] = []
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="label", no_wrap=True)
@@ -169,7 +174,9 @@ def render_explanation(e: Explanation, console: Console) -> None:
         parts.extend(_findings("Chain of causes", e.causes, numbered=True))
     parts.append(Text.assemble(("Verdict ", "label"), e.verdict))
     title = f"Event #{e.event.index}" if e.event is not None else f"Address {e.addr:#x}"
-    console.print(Panel(Group(*parts), title=title, title_align="left", expand=False))
+    if not panel:
+        return Group(*parts)
+    return Panel(Group(*parts), title=title, title_align="left", expand=False)
 
 
 def render(explanations: list[Explanation], console: Console) -> None:

@@ -6,7 +6,7 @@ JSON schema "hakmem-forensics/verify/1" (keys always present):
       "schema": "hakmem-forensics/verify/1",
       "settings": {"quick": bool, "seeds": int, "runs": int, "reps": int, "claims": [str],
                    "lib": str | null, "workers": int, "cpus": int, "stress_args": [int, int],
-                   "audit_calls": int, "audit_batches": int},
+                   "audit_calls": int, "audit_batches": int, "min_run_seconds": float},
       "seconds": float,
       "claims": [{
         "id": str,                              # cycles, no-false-positives, larson-works, ...
@@ -33,8 +33,9 @@ JSON schema "hakmem-forensics/verify/1" (keys always present):
                   "misrouted": int, "leaked": int, "header_frees": int}],
       "timings": [{"trace": str, "probe": str, "seconds": [float | null], "median": float | null}],
       "overheads": [{"trace": str, "probe": str, "baseline_trace": str, "baseline_probe": str,
-                     "ratio": float | null, "ratio_min": float | null, "ratio_max": float | null,
-                     "noise": float}],
+                     "ratio": float | null,            # median(variant) / median(off baseline)
+                     "ratio_lo": float | null, "ratio_hi": float | null,  # quartiles of run-by-run ratios
+                     "noise": float}],                 # baseline's 2*MAD/median, at least 0.01
       "audit": null | {...}                     # a "hakmem-forensics/probe-audit/1" document
     }
 
@@ -100,20 +101,24 @@ def _measured_cell(c: ClaimCheck) -> Text:
 
 
 def claims_table(report: VerifyReport) -> Table:
-    t = Table(title="The seed's claims, measured", title_justify="left", expand=False, show_lines=True)
+    t = Table(title="The seed's claims, measured", title_justify="left", expand=True, show_lines=True)
     t.add_column("#", no_wrap=True, justify="right")
     t.add_column("the seed's claim", ratio=2, overflow="fold")
-    t.add_column("measured (and the command that shows it)", ratio=6, overflow="fold")
-    t.add_column("verdict", ratio=1, overflow="fold")
+    t.add_column("measured (and the command that shows it)", ratio=5, overflow="fold")
+    t.add_column("verdict", width=17, overflow="fold")
     for i, c in enumerate(report.claims, 1):
         t.add_row(str(i), _claim_cell(c), _measured_cell(c), Text(c.verdict, style=_STATUS_STYLES.get(c.status, "")))
     return t
 
 
 def _runs_table(report: VerifyReport) -> Table:
-    t = Table(title="Judged replays (route oracle on every free)", title_justify="left", expand=False)
-    for name, justify in (("trace", "left"), ("probe", "left"), ("result", "left"), ("frees", "right"), ("header path", "right"), ("fallback", "right"), ("recovered", "right"), ("misrouted", "right"), ("leaked", "right"), ("inv. magic", "right")):
-        t.add_column(name, justify=justify, no_wrap=name != "trace", overflow="fold")
+    t = Table(
+        title="Judged replays (route oracle on every free; hdr: frees that reached the header path; recov: invalid magic, then tiny recovery)",
+        title_justify="left",
+        expand=False,
+    )
+    for name, justify in (("trace", "left"), ("probe", "left"), ("result", "left"), ("frees", "right"), ("hdr", "right"), ("fallback", "right"), ("recov", "right"), ("misrouted", "right"), ("leaked", "right")):
+        t.add_column(name, justify=justify, no_wrap=True)
     for r in report.runs:
         if r.completed:
             result = Text("completed", style="outcome.ok")
@@ -129,7 +134,6 @@ def _runs_table(report: VerifyReport) -> Table:
             f"{r.recovered:,}",
             Text(f"{r.misrouted:,}", style="outcome.misrouted" if r.misrouted else ""),
             Text(f"{r.leaked:,}", style="outcome.leak" if r.leaked else ""),
-            f"{r.invalid_magic:,}",
         )
     return t
 
@@ -147,7 +151,7 @@ def _stress_table(report: VerifyReport) -> Table:
 
 
 def _timing_table(report: VerifyReport) -> Table:
-    t = Table(title="Replay time (fresh child per run; median of the run's replays)", title_justify="left", expand=False)
+    t = Table(title="Replay time (fresh child per run; the run's fastest replay)", title_justify="left", expand=False)
     for name, justify in (("trace", "left"), ("probe", "left"), ("runs (ms)", "left"), ("median", "right"), ("vs off", "right")):
         t.add_column(name, justify=justify, overflow="fold")
     by = {(o.trace, o.probe): o for o in report.overheads}
@@ -160,7 +164,7 @@ def _timing_table(report: VerifyReport) -> Table:
             vs = "crashed"
         else:
             base = "" if o.baseline_trace == o.trace else f" (vs off on {o.baseline_trace})"
-            vs = f"{o.ratio:.2f}x [{o.ratio_min:.2f}–{o.ratio_max:.2f}]{base}"
+            vs = f"{o.ratio:.2f}x [{o.ratio_lo:.2f}–{o.ratio_hi:.2f}]{base}"
         t.add_row(c.trace, c.probe, runs, "-" if c.median is None else f"{c.median * 1e3:.2f} ms", vs)
     return t
 
@@ -171,9 +175,17 @@ def render(report: VerifyReport, console: Console, *, details: bool = False) -> 
     head.add_column(style="label")
     head.add_column()
     mode = "quick (scaled-down traces)" if s.get("quick") else "full"
-    head.add_row("Verify", f"{len(report.claims)} claims of FALSE_POSITIVE_SEGV_FIX.md, {mode}, {report.seconds:.1f} s")
+    n = len(report.claims)
+    head.add_row("Verify", f"{n} claim{'s' if n != 1 else ''} of FALSE_POSITIVE_SEGV_FIX.md, {mode}, {report.seconds:.1f} s")
     head.add_row("Variants", "off (pre-fix: reads the header), seed-mincore and seed-msync (the seed's code as written), mincore and safe (corrected)")
-    head.add_row("Measured with", f"{len(report.runs)} judged replays, {sum(t.seeds for t in report.stress)} stress replays (seeds 1..{s.get('seeds')}), {sum(len(t.seconds) for t in report.timings)} timed children")
+    measured = [f"{len(report.runs)} judged replays"] if report.runs else []
+    if report.stress:
+        measured.append(f"{sum(t.seeds for t in report.stress)} stress replays (seeds 1..{s.get('seeds')})")
+    if report.timings:
+        measured.append(f"{sum(len(t.seconds) for t in report.timings)} timed children")
+    if report.audit:
+        measured.append(f"the probe audit ({len(report.audit.rows)} bed rows)")
+    head.add_row("Measured with", ", ".join(measured))
     if s.get("lib"):
         head.add_row("Allocator", str(s["lib"]))
     console.print(head)
