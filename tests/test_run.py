@@ -56,7 +56,6 @@ os.write(1, b"no newline at the end")
 def test_stdout_and_stderr_byte_for_byte(tmp_path):
     stdin = bytes(range(256)) * 50
     plain = subprocess.run([PY, "-c", NOISY], input=stdin, capture_output=True, env=_env())
-    res, doc = traced(tmp_path, [PY, "-c", NOISY], env=None) if False else (None, None)
     out = tmp_path / "run.json"
     res = hf_run(["-q", "--json", str(out), "--", PY, "-c", NOISY], stdin=stdin)
     assert res.returncode == 0
