@@ -24,7 +24,7 @@ except ImportError:  # setuptools < 70.1 (pyproject asks for newer; this is for 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
 FIXTURES = os.path.join(HERE, "fixtures")
-NATIVE_LIBS = ("libhakmem.so", "libhakmem_debug.so", "libhfdriver.so", "hfreplay")
+NATIVE_LIBS = ("libhakmem.so", "libhakmem_debug.so", "libhfdriver.so", "hfreplay", "libhakmem_preload.so", "libhfrecord.so")
 
 
 class BuildPyWithNative(build_py):

@@ -136,8 +136,8 @@ static uint64_t target_of(const hft_record *r, const uint64_t *objptr) {
     }
 }
 
-int hfi_inspect(const void *trace, hfr_header *res, hfr_event *events, uint64_t stop, void *handle, int judge,
-                const uint64_t *extra, int n_extra, FILE *out, char *err, size_t errcap) {
+int hfi_inspect(const void *trace, uint64_t len, hfr_header *res, hfr_event *events, uint64_t stop, void *handle, int judge,
+                int threads, const uint64_t *extra, int n_extra, FILE *out, char *err, size_t errcap) {
     const hft_header *h = trace;
     const hft_record *recs = (const hft_record *)((const char *)trace + h->records_offset);
     if (stop > h->num_events) {
@@ -154,30 +154,27 @@ int hfi_inspect(const void *trace, hfr_header *res, hfr_event *events, uint64_t 
         *(void **)&api.get_knob = dlsym(handle, "hak_get_knob");
         *(void **)&api.get_stats = dlsym(handle, "hak_get_stats");
     }
+    /* Replay events [0, stop) with hfd_replay itself (not stepping): the same code path, so the
+     * same allocations - also libc's - as the replay being inspected, and the same addresses. */
+    if (stop > 0) {
+        hfr_options opts = {.check_every = 0, .threads = (uint32_t)threads, .judge = (uint32_t)judge, .limit = stop};
+        if (hfd_replay(trace, len, res, events, &opts) != HFD_OK) {
+            snprintf(err, errcap, "%s", hfd_last_error());
+            return -1;
+        }
+    } else {
+        res->threads_used = 1;
+    }
     uint64_t *objptr = calloc((size_t)h->num_objects + 1, sizeof *objptr);
     if (!objptr) {
         snprintf(err, errcap, "cannot allocate the object table");
         return -1;
     }
-    hfr_options opts = {.check_every = 0, .threads = 0, .judge = (uint32_t)judge};
-    hfd_step_options(&opts);
-    if (hfd_step_reset(h->num_objects) != HFD_OK) {
-        snprintf(err, errcap, "%s", hfd_last_error());
-        free(objptr);
-        return -1;
-    }
-    res->threads_used = 1;
     for (uint64_t i = 0; i < stop; i++) {
-        if (hfd_step(&recs[i], i, &events[i]) != HFD_OK) {
-            snprintf(err, errcap, "%s", hfd_last_error());
-            free(objptr);
-            return -1;
-        }
         const hft_record *r = &recs[i];
         if (r->op == HFT_OP_MALLOC || r->op == HFT_OP_CALLOC || r->op == HFT_OP_MEMALIGN || r->op == HFT_OP_LIBC_MALLOC ||
             (r->op == HFT_OP_REALLOC && r->obj))
             objptr[r->obj] = events[i].ptr;
-        __atomic_store_n(&res->events_done, i + 1, __ATOMIC_RELEASE);
     }
 
     uint64_t target = stop < h->num_events ? target_of(&recs[stop], objptr) : 0;

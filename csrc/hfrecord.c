@@ -56,6 +56,7 @@ typedef size_t (*usable_fn)(void *);
 typedef int (*execve_fn)(const char *, char *const[], char *const[]);
 typedef int (*execv_fn)(const char *, char *const[]);
 typedef int (*fexecve_fn)(int, char *const[], char *const[]);
+typedef void (*exit_fn)(int);
 
 static struct {
     malloc_fn malloc;
@@ -73,6 +74,8 @@ static struct {
     execv_fn execvp;
     execve_fn execvpe;
     fexecve_fn fexecve;
+    exit_fn _exit;
+    exit_fn _Exit;
 } real;
 
 enum { RESOLVE_NONE, RESOLVE_BUSY, RESOLVE_DONE };
@@ -131,6 +134,8 @@ static int ensure_resolved(void) {
     real.execvp = (execv_fn)dlsym(RTLD_NEXT, "execvp");
     real.execvpe = (execve_fn)dlsym(RTLD_NEXT, "execvpe");
     real.fexecve = (fexecve_fn)dlsym(RTLD_NEXT, "fexecve");
+    real._exit = (exit_fn)dlsym(RTLD_NEXT, "_exit");
+    real._Exit = (exit_fn)dlsym(RTLD_NEXT, "_Exit");
     t_resolving = 0;
     if (!real.malloc || !real.free || !real.calloc || !real.realloc || !real.memalign) {
         static const char msg[] = "libhfrecord: cannot find the real malloc family (dlsym RTLD_NEXT)\n";
@@ -899,6 +904,29 @@ EXPORT int fexecve(int fd, char *const argv[], char *const envp[]) {
     exec_failed();
     errno = e;
     return rc;
+}
+
+/* _exit skips the destructors that write the buffers out (a forked child's usual way out). */
+static void before_exit(void) {
+    if (__atomic_load_n(&g_log_state, __ATOMIC_ACQUIRE) != LOG_OPEN) return;
+    g_hdr.flags |= HFREC_FLAG_EXITED;
+    flush_all(1);
+}
+
+EXPORT void _exit(int status) {
+    ensure_resolved();
+    before_exit();
+    if (real._exit) real._exit(status);
+    syscall(SYS_exit_group, status);
+    __builtin_unreachable();
+}
+
+EXPORT void _Exit(int status) {
+    ensure_resolved();
+    before_exit();
+    if (real._Exit) real._Exit(status);
+    syscall(SYS_exit_group, status);
+    __builtin_unreachable();
 }
 
 /* The list forms: collect the arguments on the stack (no allocation) and take the v forms. */

@@ -334,7 +334,7 @@ static void ctx_setup(replay_ctx *c, const hfd_vtable *vt, int binding, const hf
     c->check_msg[0] = '\0';
 }
 
-static const hfr_options k_default_options = {0, 0, 1};
+static const hfr_options k_default_options = {0, 0, 1, 0};
 
 /* ------------------------------------------------------------------ oracle */
 
@@ -979,6 +979,7 @@ HFD_API int hfd_replay(const void *trace, uint64_t len, hfr_header *res, hfr_eve
         rc = plan_threads(c, msg, sizeof msg);
         if (rc != HFD_OK) goto out;
         if (c->nchains < 2) threaded = 0;   /* one trace thread: trace order on this thread */
+        if (opts->limit) threaded = 0;      /* an inspection: serial, up to the limit */
     }
     memset(c->objs, 0, sizeof(obj_ent) * ((size_t)tv.nobj + 1));
     if (tv.n) memset(events, 0, sizeof(hfr_event) * tv.n);
@@ -990,7 +991,8 @@ HFD_API int hfd_replay(const void *trace, uint64_t len, hfr_header *res, hfr_eve
 
     if (!threaded) {
         res->threads_used = 1;
-        for (uint64_t i = 0; i < tv.n; i++) run_one(c, i, 0);
+        uint64_t end = opts->limit && opts->limit < tv.n ? opts->limit : tv.n;
+        for (uint64_t i = 0; i < end; i++) run_one(c, i, 0);
         hfd_set_event_index(NO_EVENT);
     } else {
         res->threads_used = c->nslots;
@@ -1017,7 +1019,7 @@ out:
 
 static replay_ctx g_step;
 static int g_step_ready;
-static hfr_options g_step_opts = {0, 0, 1};
+static hfr_options g_step_opts = {0, 0, 1, 0};
 
 HFD_API int hfd_step_options(const hfr_options *opts) {
     g_step_opts = opts ? *opts : k_default_options;

@@ -345,7 +345,7 @@ int main(int argc, char **argv) {
         FILE *out = stdout;
         if (inspect_out && !(out = fopen(inspect_out, "w"))) fail(EXIT_SYSTEM, inspect_out, "cannot create: %s", strerror(errno));
         char err[512];
-        if (hfi_inspect(map, res, events, stop_before, handle, judge, extra_addrs, n_extra, out, err, sizeof err) != 0)
+        if (hfi_inspect(map, len, res, events, stop_before, handle, judge, threads, extra_addrs, n_extra, out, err, sizeof err) != 0)
             fail(EXIT_BAD_INPUT, trace_path, "%s", err);
         if (out != stdout) fclose(out);
         __atomic_store_n(&res->state, (uint32_t)HFR_STATE_DONE, __ATOMIC_SEQ_CST);

@@ -130,6 +130,9 @@ typedef struct hfr_options {
                                  tid seen again after its thread_end is a new thread), each waiting for the events
                                  that last touched its objects; a single-tid trace still runs on the caller */
     uint32_t judge;           /* 1 = call owner() to judge routes (the oracle) */
+    uint64_t limit;           /* 0 = the whole trace; N = only events [0, N), on the calling thread (an
+                                 inspection stops there: the same code path, so the same heap, as the run
+                                 it inspects) */
 } hfr_options;
 
 /* Over the events with status DONE or STARTED (a STARTED one counts as CRASHED). frees: DONE

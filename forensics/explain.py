@@ -138,6 +138,22 @@ class History:
             return Provenance(addr, rel, dist, b, as_of, self._sentence(addr, rel, dist, b))
         return Provenance(addr, "none", 0, None, as_of, f"{addr:#x} is not inside, nor within {NEAR} bytes of, any block the trace allocated")
 
+    def find_writes(self, lo: int, hi: int, as_of: int) -> list[tuple[int, int, int, int]]:
+        """(event, address, length, value) of every `corrupt` op before as_of that wrote into [lo, hi)."""
+        live: dict[int, int] = {}
+        out = []
+        for i, r, e in self.iter_rows(as_of):
+            op, _f, _res, _tid, obj, obj2, size, arg, value, _site = r
+            if e[11] != model.EventStatus.DONE.code:
+                continue
+            if op in _ALLOC_OPS or (op == _OP_REALLOC and obj):
+                live[obj] = e[0]
+            if op == _OP_CORRUPT and obj in live:
+                addr = live[obj] + arg
+                if addr < hi and addr + size > lo:
+                    out.append((i, addr, size, value))
+        return out
+
     def _sentence(self, addr: int, rel: str, off: int, b: BlockRef) -> str:
         kind = f"{b.size}-byte {'libc ' if b.libc else ''}block"
         if rel == "inside":
@@ -360,6 +376,7 @@ def explain_event(history: History, event: model.EventResult, insp: Inspection, 
         placement = CrashPlacement(crash.signal_name, crash.fault_address, crash.ptr, crash.stage_name, f"{crash.signal_name} in {crash.stage_name}: fault address {text}", excerpt)
 
     # the chain of causes, oldest first
+    causes.extend(_forensic_causes(history, event, prov, ptr, hdr_addr, geometry))
     if prov.block is not None and owner_ptr is not None and owner_ptr.region_base == ptr and event.owner is OwnerKind.TINY:
         causes.append(Finding(f"obj {prov.block.obj} was allocated at event #{prov.block.alloc_event} at {ptr:#x}, the first byte of SuperSlab {ptr:#x}: its ptr - {geometry.header_size} lies outside the SuperSlab", prov.text, prov.block.alloc_event, "warn"))
     if d is not None or placement is not None:
@@ -374,6 +391,25 @@ def explain_event(history: History, event: model.EventResult, insp: Inspection, 
 
     verdict = _verdict(event, d, placement)
     return Explanation(event, ptr, prov, expected, stages, header, placement, causes, verdict, insp.facts)
+
+
+def _forensic_causes(history: History, event: model.EventResult, prov: Provenance, ptr: int, hdr_addr: int, geometry: Geometry) -> list[Finding]:
+    """What the trace itself did wrong (or odd) with this pointer, proved from the history."""
+    out: list[Finding] = []
+    b = prov.block
+    if event.op == "double_free" and b is not None and b.free_event is not None:
+        out.append(Finding(f"double free: the block {b.ptr:#x} (obj {b.obj}) was allocated at event #{b.alloc_event} and already freed at event #{b.free_event}", prov.text, b.free_event, "bad"))
+    elif event.op == "free_interior" and b is not None and prov.relation == "inside":
+        out.append(Finding(f"interior free: {ptr:#x} is {prov.offset} bytes inside obj {b.obj}'s {b.size}-byte block {b.ptr:#x} (alloc'd at event #{b.alloc_event}); free() needs the block's start", prov.text, event.index, "bad"))
+    elif event.op == "free_raw":
+        out.append(Finding(f"wild free: {ptr:#x} was never returned by an allocation: {prov.text}", prov.text, event.index, "bad"))
+    if event.owner is OwnerKind.LIBC or (b is not None and b.libc):
+        at = b.alloc_event if b is not None else None
+        out.append(Finding(f"libc pointer: {ptr:#x} came from libc's malloc" + (f" at event #{at}" if at is not None else "") + ": it has no hakmem header, only __libc_free(ptr) can free it", prov.text, at, "bad"))
+    if hdr_addr:
+        for ev, addr, length, value in history.find_writes(hdr_addr, hdr_addr + geometry.header_size, event.index):
+            out.append(Finding(f"header corruption: event #{ev} wrote {length} bytes {value:#x} at {addr:#x} (ptr{addr - ptr:+d}), over this block's header", f"corrupt at event #{ev}", ev, "bad"))
+    return out
 
 
 def _stages_before(stage: str, knobs: dict[str, str]) -> list[str]:

@@ -64,6 +64,10 @@ def _command(binary: Path, event: int, addrs: list[int], config: ReplayConfig, f
             cmd += ["--knob", f"{name}={value}"]
     if not config.judge:
         cmd.append("--no-judge")
+    if config.threads:
+        # the inspection itself runs serially up to the event; --threads only makes the replay
+        # prepare exactly as the inspected run did (same allocations, same addresses)
+        cmd.append("--threads")
     cmd += ["--stop-before", str(event)]
     for a in addrs:
         cmd += ["--inspect-addr", str(a)]

@@ -887,8 +887,9 @@ class StressTally:
 
 @dataclass(frozen=True)
 class TimingCell:
-    """Replay time of one trace under one probe variant: one value per run (a fresh child each);
-    None for a run that crashed."""
+    """Replay time of one trace under one probe variant: one value per turn (run-major, then
+    round), the fastest replay of that turn; None where the child crashed. The same index in
+    two cells of one trace is the same child and round, so the two are neighbours in time."""
 
     trace: str
     probe: str
@@ -911,10 +912,10 @@ class Overhead:
     probe: str
     baseline_trace: str
     baseline_probe: str
-    ratio: float | None  # median(variant) / median(baseline); None if either crashed
-    ratio_lo: float | None  # quartiles of the run-by-run ratios (variant run i / baseline run i)
+    ratio: float | None  # median of the paired ratios (turn i / baseline turn i); None if either crashed
+    ratio_lo: float | None  # quartiles of the paired ratios
     ratio_hi: float | None
-    noise: float  # the baseline's own run-to-run spread: 2 * MAD / median, at least 1%
+    noise: float  # from the off-vs-off control: 2 * median |ratio - 1|, at least 1% (plus cross-child spread)
 
 
 @dataclass(frozen=True)
@@ -1199,6 +1200,7 @@ class RouteLogResult:
     timeline_width: int
     malformed: list[MalformedLine]
     pattern: str | None
+    region_sizes: dict[str, int]  # registry -> region size used for the registry history
     caps: dict[str, int]
     correlation: Correlation | None = None
     seconds: float = 0.0

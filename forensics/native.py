@@ -445,10 +445,12 @@ class HfrHeader(Structure):
 class HfrOptions(Structure):
     """Mirror of ``hfr_options`` in csrc/hftrace.h::
 
-        typedef struct hfr_options { uint64_t check_every; uint32_t threads; uint32_t judge; } hfr_options;
+        typedef struct hfr_options {
+            uint64_t check_every; uint32_t threads; uint32_t judge; uint64_t limit;
+        } hfr_options;
     """
 
-    _fields_ = [("check_every", c_uint64), ("threads", c_uint32), ("judge", c_uint32)]
+    _fields_ = [("check_every", c_uint64), ("threads", c_uint32), ("judge", c_uint32), ("limit", c_uint64)]
 
 
 HFR_OUT_COUNT = len(model.Outcome)

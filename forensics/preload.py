@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forensics import abi, routelog
-from forensics.errors import BadInputError
+from forensics.errors import BadInputError, ForensicsError
 from forensics.model import ProgramRun
 
 PRELOAD_FILE = "libhakmem_preload.so"
@@ -38,6 +38,19 @@ def find_preload(lib: str | os.PathLike[str] | None = None) -> Path:
         )
         raise BadInputError(f"cannot use preload library {path}: {hint}")
     return path.resolve()
+
+
+def get_region_sizes(lib: str | os.PathLike[str] | None = None) -> dict[str, int] | None:
+    """Each registry's region size from an allocator library's geometry (hak_get_geometry), for
+    the registry history of escaped pointers; None if the library cannot tell (the log reader
+    then learns them from the bases it sees)."""
+    from forensics import native
+
+    try:
+        g = native.Allocator(lib).geometry()
+    except (ForensicsError, OSError):
+        return None
+    return {"ss": g.superslab_size, "mid": g.mid_chunk_size, "l25": g.l25_chunk_size}
 
 
 @dataclass
@@ -129,13 +142,15 @@ def run_program(command: list[str], config: RunConfig) -> ProgramRun:
                 return f"(log of pid {pid})"
             return str(keep_at) if path == main_log else str(keep_at.with_name(f"{keep_at.name}.{pid}"))
 
-        main = routelog.RouteLogAnalyzer(max_pointers=config.max_pointers, keep=config.keep)
+        # the bundled preload library is hakmem-ref: the bundled libhakmem.so has its geometry
+        sizes = get_region_sizes() if config.lib is None else None
+        main = routelog.RouteLogAnalyzer(max_pointers=config.max_pointers, keep=config.keep, region_sizes=sizes)
         if main_log.exists():
             with open(main_log, "rb") as fh:
                 main.feed_stream(fh, shown_name(main_log))
         children = None
         if others:
-            an = routelog.RouteLogAnalyzer(max_pointers=config.max_pointers, keep=config.keep)
+            an = routelog.RouteLogAnalyzer(max_pointers=config.max_pointers, keep=config.keep, region_sizes=sizes)
             for p in others:
                 with open(p, "rb") as fh:
                     an.feed_stream(fh, shown_name(p))

@@ -61,11 +61,12 @@ MAX_MALFORMED = 20
 MAX_NAMES = 256  # distinct route/action/path names; beyond: "(other)"
 TIMELINE_SLICES = 64
 TIMELINE_START_WIDTH = 1024
-# An escaped pointer's region is found by looking up its base at every power-of-two alignment
-# from 1 MiB to 16 MiB: regions are aligned to their own size (hakmem.h), so this finds the
-# SuperSlab or pool chunk covering it without knowing the build's geometry.
-REGION_SHIFTS = (20, 21, 22, 23, 24)
-REGION_MASK = ~((1 << 20) - 1)
+# Regions (SuperSlabs, pool chunks) are aligned to their own size (hakmem.h), so the region of
+# registry `reg` covering a pointer starts at ptr & ~(size - 1). The sizes come from the
+# allocator's geometry (the CLI reads it from the library); without it, each registry's size
+# is learned from the log as the smallest alignment of the bases it registered.
+DEFAULT_REGION = 1 << 20
+MAX_LEARNED_SHIFT = 24
 
 GZIP_MAGIC = b"\x1f\x8b"
 NULL_PATH = "\0null"  # the "allocation path" of free(NULL)
@@ -188,6 +189,7 @@ class RouteLogAnalyzer:
         max_pointers: int = DEFAULT_MAX_POINTERS,
         max_regions: int = DEFAULT_MAX_REGIONS,
         keep: int = DEFAULT_KEEP,
+        region_sizes: dict[str, int] | None = None,
     ) -> None:
         if max_pointers < 1 or max_regions < 1 or keep < 1:
             raise BadInputError("--max-pointers, --max-regions and --keep must be at least 1")
@@ -196,6 +198,8 @@ class RouteLogAnalyzer:
         self.max_pointers = max_pointers
         self.max_regions = max_regions
         self.keep = keep
+        self.region_sizes = dict(region_sizes) if region_sizes else None
+        self.learned_shift: dict[str, int] = {}  # registry -> smallest alignment (log2) of its bases
         self.t0 = time.perf_counter()
         self.names = _Names()
         self.files: list[LogFileStats] = []
@@ -346,6 +350,9 @@ class RouteLogAnalyzer:
                 if alloc_line(line, stats, name, lineno):
                     continue
             else:
+                if len(line) > MAX_LINE:
+                    stats.overlong_lines += 1
+                    continue
                 if line[:7] != b"[hakmem":
                     idx = line.find(b"[hakmem")
                     if idx < 0:
@@ -361,9 +368,6 @@ class RouteLogAnalyzer:
                         self.in_dump = False
                         continue
                     line = line[idx:]  # a hakmem line glued to the end of a program's unfinished line
-                if len(line) > MAX_LINE:
-                    stats.overlong_lines += 1
-                    continue
                 tag = line[7:9]
                 if tag == b"] ":
                     self._message_line(line, stats, name, lineno)
@@ -490,7 +494,9 @@ class RouteLogAnalyzer:
                 double = True
             ent[0] = 0
             ent[6] += 1
-        elif ptr:
+        elif ptr and not self.have_allocs:
+            # a route-only log: remember freed pointers to count frees per pointer; with alloc lines,
+            # a pointer whose allocation is unknown would only push out one whose allocation is known
             self._track(ptr, [0, None, None, None, None, 0, 1, 0, name])
         # the timeline: slices of consecutive route lines, width doubling to keep TIMELINE_SLICES
         ordinal = self.route_ordinal
@@ -609,17 +615,18 @@ class RouteLogAnalyzer:
         else:
             life.events_dropped += 1
 
+    def get_region_sizes(self) -> dict[str, int]:
+        if self.region_sizes:
+            return self.region_sizes
+        return {reg: 1 << min(shift, MAX_LEARNED_SHIFT) for reg, shift in self.learned_shift.items()}
+
     def _history(self, ptr: int) -> tuple[RegistryLine, ...]:
+        """Registry changes kept for the regions that can cover ptr, oldest first."""
         out: list[RegistryLine] = []
-        seen: set[int] = set()
-        for shift in REGION_SHIFTS:
-            base = ptr & ~((1 << shift) - 1)
-            if base in seen:
-                continue
-            seen.add(base)
-            dq = self.regions.get(base)
+        for reg, size in self.get_region_sizes().items():
+            dq = self.regions.get(ptr & ~(size - 1))
             if dq:
-                out.extend(RegistryLine(*r) for r in dq)
+                out.extend(RegistryLine(*r) for r in dq if r[4] == reg)
         out.sort(key=lambda r: r.seq)
         return tuple(out)
 
@@ -654,7 +661,7 @@ class RouteLogAnalyzer:
 
     def _escape(self, ptr: int, seq, route: str, path, name: str, lineno: int) -> None:
         self.escapes_total += 1
-        region = ptr & REGION_MASK
+        region = ptr & ~(self.get_region_sizes().get("ss", DEFAULT_REGION) - 1)
         esc = self.escapes.get(region)
         if esc is None:
             self.escaped_regions_total += 1
@@ -741,6 +748,10 @@ class RouteLogAnalyzer:
         by_reg[op] = by_reg.get(op, 0) + 1
         if op in CHANGE_OPS:
             base = rec[5]
+            if base and self.region_sizes is None:
+                shift = (base & -base).bit_length() - 1
+                if shift < self.learned_shift.get(reg, 64):
+                    self.learned_shift[reg] = shift
             regions = self.regions
             dq = regions.get(base)
             if dq is None:
@@ -917,6 +928,7 @@ class RouteLogAnalyzer:
             timeline_width=self.tl_width,
             malformed=self.malformed,
             pattern=self.pattern_text,
+            region_sizes=self.get_region_sizes(),
             caps={"max_pointers": self.max_pointers, "max_regions": self.max_regions, "keep": self.keep,
                   "events_per_pointer": MAX_EVENTS, "region_history": REGION_HISTORY, "dump_records": MAX_DUMP,
                   "max_line": MAX_LINE},
@@ -958,9 +970,11 @@ def _is_utf8(line: bytes) -> bool:
 
 
 def analyze(paths: Iterable[str | Path], *, pattern: str | None = None, max_pointers: int = DEFAULT_MAX_POINTERS,
-            max_regions: int = DEFAULT_MAX_REGIONS, keep: int = DEFAULT_KEEP) -> RouteLogResult:
+            max_regions: int = DEFAULT_MAX_REGIONS, keep: int = DEFAULT_KEEP,
+            region_sizes: dict[str, int] | None = None) -> RouteLogResult:
     """Read every log in order and return the aggregate."""
-    an = RouteLogAnalyzer(pattern=pattern, max_pointers=max_pointers, max_regions=max_regions, keep=keep)
+    an = RouteLogAnalyzer(pattern=pattern, max_pointers=max_pointers, max_regions=max_regions, keep=keep,
+                          region_sizes=region_sizes)
     for p in paths:
         an.feed_path(p)
     return an.result()

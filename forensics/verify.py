@@ -13,12 +13,16 @@ a 100-seed stress loop, a performance check). This module measures each claim:
   and the four fix variants: which crash, at which event; how many frees are misrouted or
   leaked; how many reach the header path and take the fallback;
 * the stress loop: `random_mixed ITER WS $i` for seeds 1..N, as written and under faults;
-* replay time: each timing trace replayed in a fresh isolated child per run (hfd_replay in
-  the child, serial, no oracle; one warm-up replay, then `reps` timed ones whose median is
-  the run's figure), the variants interleaved run by run. The overhead of a variant is the
-  ratio of its median to the `off` baseline's, with the spread of run-by-run ratios; the noise
-  floor is the relative spread of the baseline's own runs (at least 1%). A trace on which `off`
-  crashes is compared with `off` on the same events without the fault.
+* replay time: each timing trace is replayed (hfd_replay, serial, no oracle) in `runs` fresh
+  isolated children. Inside a child the variants take turns: the probe knob is switched
+  between replays (the free path reads it on every free), `rounds` rounds in rotating order,
+  each turn ("slice") timed as the fastest of the replays made in `slice_seconds`. So each
+  variant's slice has an `off` slice next to it in time, and interference from the rest of
+  the machine hits both alike. The overhead of a variant is the median of its paired ratios
+  (slice / the same round's `off` slice), with their quartiles; the noise floor comes from an
+  A/A control, `off` timed twice per round (twice the median distance of that ratio from 1,
+  at least 1%). A trace on which `off` crashes (registry-capacity) is compared with `off` on the
+  same events without the fault, from the baseline trace's child of the same run.
 
 Verdicts on speed treat the seed's percentages as upper bounds on the cost (a variant that is
 cheaper than predicted does not refute it); a variant that misroutes, leaks or crashes on the
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from forensics import isolate, model, probeaudit
+from forensics.errors import BadInputError
 from forensics.replay import EVENT_SIZE, HEADER_SIZE, ReplayConfig, TraceFile, get_effective_knobs, run_replay
 from forensics.trace import read_header
 from forensics.trace.generators import Workload, larson, random_mixed
@@ -48,16 +53,17 @@ from forensics.trace.generators import Workload, larson, random_mixed
 VARIANTS: tuple[str, ...] = probeaudit.PROBES
 FIXES: tuple[str, ...] = probeaudit.FIX_PROBES
 DEFAULT_SEEDS = 100
-DEFAULT_RUNS = 5
-DEFAULT_REPS = 3
+DEFAULT_RUNS = 3
+DEFAULT_ROUNDS = 5
 QUICK_SEEDS = 5
-QUICK_RUNS = 2
-QUICK_REPS = 1
+QUICK_RUNS = 1
+QUICK_ROUNDS = 2
+AA = "off-again"  # the A/A control: off timed a second time in every round
 CYCLES_CLAIM_MAX = 100  # "~50-100 cycles"
 CYCLES_TOLERANCE = 1.5  # "~": up to 150 cycles still counts as holding
 MIN_NOISE = 0.01
-DEFAULT_MIN_RUN_SECONDS = 0.2  # each timing run replays the trace for at least this long
-QUICK_MIN_RUN_SECONDS = 0.03
+DEFAULT_SLICE_SECONDS = 0.03  # each variant's turn replays the trace for at least this long
+QUICK_SLICE_SECONDS = 0.005
 MAX_REPS = 200
 TIMING_TIMEOUT = 300.0
 REGISTRY_ROUTES = {"ss_hit", "mid_hit", "l25_hit", "null", "(none)"}
@@ -198,18 +204,18 @@ CLAIM_IDS: tuple[str, ...] = tuple(c.id for c in CLAIMS)
 class VerifyOptions:
     seeds: int = DEFAULT_SEEDS
     runs: int = DEFAULT_RUNS
-    reps: int = DEFAULT_REPS
+    rounds: int = DEFAULT_ROUNDS
     quick: bool = False
     claims: tuple[str, ...] = ()  # empty: all
     lib: str | None = None
     workers: int = 0  # parallel replays for the correctness runs (0: one per CPU, at most 4)
     audit_calls: int = probeaudit.DEFAULT_CALLS
     audit_batches: int = probeaudit.DEFAULT_BATCHES
-    min_run_seconds: float = DEFAULT_MIN_RUN_SECONDS
+    slice_seconds: float = DEFAULT_SLICE_SECONDS
 
     @classmethod
     def make_quick(cls, **kw) -> VerifyOptions:
-        base = dict(seeds=QUICK_SEEDS, runs=QUICK_RUNS, reps=QUICK_REPS, quick=True, audit_calls=100, audit_batches=5, min_run_seconds=QUICK_MIN_RUN_SECONDS)
+        base = dict(seeds=QUICK_SEEDS, runs=QUICK_RUNS, rounds=QUICK_ROUNDS, quick=True, audit_calls=100, audit_batches=5, slice_seconds=QUICK_SLICE_SECONDS)
         base.update(kw)
         return cls(**base)
 
@@ -260,11 +266,11 @@ def _verify_run(key: str, probe: str, r: model.ReplayResult) -> model.VerifyRun:
     )
 
 
-def _timed_replays(path: str, num_events: int, reps: int, min_seconds: float) -> Callable[[isolate.ChildContext], list[int]]:
-    """The child's work: one warm-up replay, then at least `reps` timed ones and at least
-    `min_seconds` of them (at most MAX_REPS); returns the ns of each."""
+def _timed_child(path: str, num_events: int, variants: list[str], rounds: int, slice_seconds: float) -> Callable[[isolate.ChildContext], dict[str, list[float]]]:
+    """The child's work: a warm-up replay per variant, then `rounds` rounds in which every
+    variant takes a turn (rotating order); returns variant -> seconds of each turn's fastest replay."""
 
-    def body(ctx: isolate.ChildContext) -> list[int]:
+    def body(ctx: isolate.ChildContext) -> dict[str, list[float]]:
         # The allocator's stderr (one "Invalid magic" line per recovered free) goes to /dev/null,
         # as a benchmark's would to a file: its write()s are timed, a pipe's back-pressure is not.
         null = os.open(os.devnull, os.O_WRONLY)
@@ -274,14 +280,33 @@ def _timed_replays(path: str, num_events: int, reps: int, min_seconds: float) ->
             trace = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
         results = mmap.mmap(-1, HEADER_SIZE + max(num_events, 1) * EVENT_SIZE)
 
+        def use(variant: str) -> None:
+            ctx.allocator.set_knob("HAKMEM_HEADER_PROBE", "off" if variant == AA else variant)
+
         def once() -> int:
             t0 = time.perf_counter_ns()
             ctx.driver.replay(trace, results, threads=False, judge=False)
             return time.perf_counter_ns() - t0
 
-        warm = once()
-        want = min(MAX_REPS, max(reps, int(min_seconds * 1e9 / max(warm, 1)) + 1))
-        return [once() for _ in range(want)]
+        def turn() -> int:
+            best = spent = once()
+            for _ in range(MAX_REPS - 1):
+                if spent >= slice_seconds * 1e9:
+                    break
+                t = once()
+                best, spent = min(best, t), spent + t
+            return best
+
+        for v in variants:
+            use(v)
+            once()
+        out: dict[str, list[float]] = {v: [] for v in variants}
+        for r in range(rounds):
+            k = r % len(variants)
+            for v in variants[k:] + variants[:k]:
+                use(v)
+                out[v].append(turn() / 1e9)
+        return out
 
     return body
 
@@ -295,8 +320,6 @@ def run_verify(opts: VerifyOptions = VerifyOptions(), *, progress: ProgressFn | 
     start = time.monotonic()
     unknown = [c for c in opts.claims if c not in CLAIM_IDS]
     if unknown:
-        from forensics.errors import BadInputError
-
         raise BadInputError(f"unknown claim {', '.join(unknown)} (choose from: {', '.join(CLAIM_IDS)})")
     selected = [c for c in CLAIMS if not opts.claims or c.id in opts.claims]
     scale = QUICK if opts.quick else FULL
@@ -306,10 +329,10 @@ def run_verify(opts: VerifyOptions = VerifyOptions(), *, progress: ProgressFn | 
     timing_keys = [k for k in TIMINGS if any(k in c.timing for c in selected)]
     need_stress = any(c.stress for c in selected) and opts.seeds > 0
     gen_keys = sorted(set(matrix_keys) | set(timing_keys) | {TIMINGS[k] for k in timing_keys}, key=list(traces).index)
-    cells = _timing_cells(timing_keys)
+    timing_children = _timing_children(timing_keys)
 
     stress_units = [(seed, fault) for seed in range(1, opts.seeds + 1) for fault in STRESS_FAULTS] if need_stress else []
-    total = len(gen_keys) + int(need_audit) + len(matrix_keys) * len(VARIANTS) + len(stress_units) * len(VARIANTS) + len(cells) * opts.runs
+    total = len(gen_keys) + int(need_audit) + len(matrix_keys) * len(VARIANTS) + len(stress_units) * len(VARIANTS) + len(timing_children) * opts.runs
     bar = _Progress(progress, total)
     config = ReplayConfig(lib=opts.lib)
 
@@ -341,7 +364,7 @@ def run_verify(opts: VerifyOptions = VerifyOptions(), *, progress: ProgressFn | 
             runs = list(ex.map(matrix_job, jobs))
 
         stress = _run_stress(stress_units, scale, opts, workdir, bar) if stress_units else []
-        timings = _run_timings(cells, paths, opts, bar)
+        timings = _run_timings(timing_children, paths, opts, bar)
 
     overheads = _overheads(timings)
     report = model.VerifyReport(
@@ -356,7 +379,7 @@ def run_verify(opts: VerifyOptions = VerifyOptions(), *, progress: ProgressFn | 
             "quick": opts.quick,
             "seeds": opts.seeds if need_stress else 0,
             "runs": opts.runs,
-            "reps": opts.reps,
+            "rounds": opts.rounds,
             "claims": [c.id for c in selected],
             "lib": opts.lib,
             "workers": _workers(opts),
@@ -364,7 +387,7 @@ def run_verify(opts: VerifyOptions = VerifyOptions(), *, progress: ProgressFn | 
             "stress_args": list(scale.stress),
             "audit_calls": opts.audit_calls,
             "audit_batches": opts.audit_batches,
-            "min_run_seconds": opts.min_run_seconds,
+            "slice_seconds": opts.slice_seconds,
         },
     )
     report.claims = judge(report, opts, [c.id for c in selected])
@@ -381,38 +404,39 @@ def judge(report: model.VerifyReport, opts: VerifyOptions, claim_ids: Iterable[s
     return [j.evaluate(c) for c in CLAIMS if c.id in wanted]
 
 
-def _timing_cells(timing_keys: Iterable[str]) -> list[tuple[str, str]]:
-    cells: list[tuple[str, str]] = []
-    for key in timing_keys:
-        base = TIMINGS[key]
-        if (base, "off") not in cells:
-            cells.append((base, "off"))
-        for v in FIXES:
-            cells.append((key, v))
-    return cells
+def _timing_children(timing_keys: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """(trace, variants timed in its child): off, the A/A control and the fixes where off
+    completes the trace; the fixes alone where it is compared with another trace's off."""
+    out: list[tuple[str, list[str]]] = []
+    keys = list(timing_keys)
+    for base in [TIMINGS[k] for k in keys]:  # every baseline trace gets its own child
+        if base not in [k for k, _ in out]:
+            out.append((base, ["off", AA, *FIXES]))
+    for key in keys:
+        if key not in [k for k, _ in out]:
+            out.append((key, list(FIXES)))
+    return out
 
 
-def _run_timings(cells: list[tuple[str, str]], paths: dict[str, Path], opts: VerifyOptions, bar: _Progress) -> list[model.TimingCell]:
-    """Each cell once per run, a fresh child each time; the order rotates run by run."""
-    got: dict[tuple[str, str], list[float | None]] = {c: [] for c in cells}
-    sizes: dict[str, int] = {}
-    knobs: dict[tuple[str, str], dict[str, str]] = {}
-    for key, probe in cells:
-        if key not in sizes:
-            with TraceFile(paths[key]) as tf:
-                sizes[key] = tf.num_events
-        knobs[(key, probe)] = get_effective_knobs(read_header(paths[key]), ReplayConfig(lib=opts.lib, probe=probe))
+def _run_timings(children: list[tuple[str, list[str]]], paths: dict[str, Path], opts: VerifyOptions, bar: _Progress) -> list[model.TimingCell]:
+    """Each trace's child once per run (fresh each time); the order of the children rotates."""
+    got: dict[tuple[str, str], list[float | None]] = {(k, v): [] for k, vs in children for v in vs}
+    sizes = {}
+    for key, _ in children:
+        with TraceFile(paths[key]) as tf:
+            sizes[key] = tf.num_events
+    rounds = max(opts.rounds, 1)
     for run in range(opts.runs):
-        shift = run % max(len(cells), 1)
-        for key, probe in cells[shift:] + cells[:shift]:
-            bar.show(f"timing {key} --probe {probe} (run {run + 1}/{opts.runs})")
-            body = _timed_replays(str(paths[key]), sizes[key], max(opts.reps, 1), opts.min_run_seconds)
-            res = isolate.run_isolated(body, lib=opts.lib, knobs=knobs[(key, probe)], timeout=TIMING_TIMEOUT)
-            # The run's figure is its fastest replay: interference (other processes on the
-            # machine) only ever adds time, so the minimum is the steadiest estimate.
-            got[(key, probe)].append(min(res.value) / 1e9 if res.outcome == "ok" and res.value else None)
-            bar.step(f"timing {key} --probe {probe}")
-    return [model.TimingCell(k, p, tuple(v)) for (k, p), v in got.items()]
+        shift = run % max(len(children), 1)
+        for key, variants in children[shift:] + children[:shift]:
+            bar.show(f"timing {key} (run {run + 1}/{opts.runs})")
+            knobs = get_effective_knobs(read_header(paths[key]), ReplayConfig(lib=opts.lib, probe="off"))
+            body = _timed_child(str(paths[key]), sizes[key], variants, rounds, opts.slice_seconds)
+            res = isolate.run_isolated(body, lib=opts.lib, knobs=knobs, timeout=TIMING_TIMEOUT)
+            for v in variants:
+                got[(key, v)].extend(res.value[v] if res.outcome == "ok" else [None] * rounds)
+            bar.step(f"timing {key}")
+    return [model.TimingCell(k, v, tuple(t)) for (k, v), t in got.items()]
 
 
 def _overheads(timings: list[model.TimingCell]) -> list[model.Overhead]:
@@ -422,23 +446,27 @@ def _overheads(timings: list[model.TimingCell]) -> list[model.Overhead]:
         b = by.get((base, "off"))
         if b is None:
             continue
-        done = [s for s in b.seconds if s is not None]
         noise = MIN_NOISE
-        if done:
-            # Median absolute deviation: one disturbed run (another process on the machine)
-            # does not widen it the way max - min would.
-            med = statistics.median(done)
-            noise = max(MIN_NOISE, 2 * statistics.median(abs(s - med) for s in done) / med)
+        aa = by.get((base, AA))
+        if aa is not None:
+            dev = [abs(x / y - 1) for x, y in zip(aa.seconds, b.seconds) if x is not None and y]
+            if dev:
+                noise = max(MIN_NOISE, 2 * statistics.median(dev))
+        if base != key:  # different children: their run-to-run spread adds to it
+            done = [s for s in b.seconds if s is not None]
+            if done:
+                med = statistics.median(done)
+                noise = max(noise, 2 * statistics.median(abs(s - med) for s in done) / med)
         for v in FIXES:
             c = by.get((key, v))
             if c is None:
                 continue
-            if not (c.completed and b.completed):
+            pairs = [x / y for x, y in zip(c.seconds, b.seconds) if x is not None and y]
+            if not (c.completed and b.completed) or not pairs:
                 out.append(model.Overhead(key, v, base, "off", None, None, None, noise))
                 continue
-            pairs = [x / y for x, y in zip(c.seconds, b.seconds) if x is not None and y]
             lo, hi = model.quartiles_of(tuple(pairs))
-            out.append(model.Overhead(key, v, base, "off", c.median / b.median, lo, hi, noise))
+            out.append(model.Overhead(key, v, base, "off", statistics.median(pairs), lo, hi, noise))
     return out
 
 
@@ -773,10 +801,12 @@ class _Judge:
         o = next((o for o in self.r.overheads if o.trace == key), None)
         return f"noise ±{o.noise * 100:.1f}%" if o else "noise unknown"
 
+
     def _timing_intro(self) -> str:
         return (
-            f"Replay time vs off (serial, no oracle; per run the fastest of ≥{max(self.opts.reps, 1)} replays over ≥{self.opts.min_run_seconds:g} s "
-            f"in a fresh child; median of {self.opts.runs} runs [quartiles of the run-by-run ratios])"
+            f"Replay time vs off (serial, no oracle; the variants take turns in one child, {max(self.opts.rounds, 1)} rounds × "
+            f"{self.opts.runs} fresh child{'ren' if self.opts.runs != 1 else ''}; median of the paired ratios [quartiles]; "
+            "noise from an off-vs-off control)"
         )
 
     def claim_larson_perf(self, d: ClaimDef) -> model.ClaimCheck:
@@ -811,7 +841,7 @@ class _Judge:
         parts.append(f"As written ({self.traces['rm-step4'].describe()}): {_n(plain.header_frees)} frees reach the probe; " + ", ".join(plain_speeds) + f" ({self._noise('rm-step4')})")
         for key, what in (
             ("rm-step4+pool-off", "valid headers: Mid pool off"),
-            ("rm-step4+registry-capacity", "registry escapes: registry-capacity, against off on the same events with the registry intact"),
+            ("rm-step4+registry-capacity", "registry escapes: registry-capacity, against off on the same events with the registry intact (a separate child)"),
         ):
             run = self.run(key, "mincore")
             results = [self._speed(key, hi, p) for p in FIXES]

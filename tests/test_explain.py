@@ -227,3 +227,28 @@ def test_history_provenance_before_and_after(segv_saved):
     assert after.relation in ("after", "inside", "before")
     if after.relation == "after":
         assert after.offset == 3
+
+
+def test_html_of_the_segv_fixture_renders_in_headless_chromium(tmp_path):
+    """The page opens in a real browser (networking off) and draws the map with the fault marked."""
+    import importlib.util
+    import struct
+
+    spec = importlib.util.spec_from_file_location("screenshot_html", Path(__file__).resolve().parent.parent / "scripts" / "screenshot_html.py")
+    shot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shot)
+    if shot.find_chromium() is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    page = tmp_path / "segv.html"
+    res = runner.invoke(app, ["replay", "--html", str(page), "--explain", "1", "--json", "/dev/null"])
+    assert res.exit_code == 0, res.output
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text
+    assert re.search(r"<text[^>]*>fault 0x[0-9a-f]+</text>", text)  # the fault address marked on the map
+    png = tmp_path / "segv.png"
+    done = shot.screenshot(page, png, 1000, 1400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (1000, 1400)

@@ -126,6 +126,8 @@ def test_stress_loop_counts_failures_per_variant(report):
 def test_speed_claims_are_ratios_against_off(report):
     by = {(o.trace, o.probe): o for o in report.overheads}
     assert set(by) == {(k, p) for k in verify.TIMINGS for p in verify.FIXES}
+    cells = {(t.trace, t.probe) for t in report.timings}
+    assert ("rm-step4", verify.AA) in cells and ("rm-step4+registry-capacity", "off") not in cells
     assert by[("rm-step4+registry-capacity", "safe")].baseline_trace == "rm-step4"  # off crashes on the fault trace
     assert all(o.ratio is not None for o in report.overheads)
     for c in (report.get_claim("worst-case"), report.get_claim("larson-perf"), report.get_claim("random-mixed-perf")):
@@ -162,11 +164,16 @@ def test_verdict_wording():
     assert verify.verdict_for(["safe", "seed-msync"]) == ("holds only for seed-msync, safe", "partly")
 
 
-def test_overheads_pair_runs_and_resist_one_disturbed_baseline_run():
-    cells = [model.TimingCell("rm-step4", "off", (1.0, 1.0, 1.0, 1.0, 3.0))]
-    cells += [model.TimingCell("rm-step4", p, (2.0, 2.0, 2.0, 2.0, 2.0)) for p in verify.FIXES]
+def test_overheads_are_paired_ratios_with_an_aa_noise_floor():
+    # a disturbed round slows off and its neighbour alike: the paired ratio stays 2
+    cells = [model.TimingCell("rm-step4", "off", (1.0, 1.0, 3.0, 1.0, 1.0))]
+    cells += [model.TimingCell("rm-step4", verify.AA, (1.0, 1.02, 3.0, 0.98, 1.0))]
+    cells += [model.TimingCell("rm-step4", p, (2.0, 2.0, 6.0, 2.0, 2.0)) for p in verify.FIXES]
     o = next(x for x in verify._overheads(cells) if x.probe == "safe")
-    assert o.ratio == 2.0 and o.noise == verify.MIN_NOISE  # one 3x outlier does not become the noise floor
+    assert o.ratio == 2.0 and (o.ratio_lo, o.ratio_hi) == (2.0, 2.0)
+    assert o.noise == verify.MIN_NOISE  # median |AA - 1| is 0
+    cells[1] = model.TimingCell("rm-step4", verify.AA, (1.1, 0.9, 3.3, 1.1, 0.9))
+    assert next(x for x in verify._overheads(cells) if x.probe == "safe").noise == pytest.approx(0.2)
     crashed = [model.TimingCell("rm-step4", "off", (1.0,)), model.TimingCell("rm-step4", "safe", (None,))]
     assert next(x for x in verify._overheads(crashed) if x.probe == "safe").ratio is None
 

@@ -115,6 +115,13 @@ def _register() -> None:
     app.command("minimize", epilog=EXIT_CODES_EPILOG)(minimize_cli.minimize)
     app.command("diff", epilog=EXIT_CODES_EPILOG)(diff_cli.diff)
     app.command("firstbad", epilog=EXIT_CODES_EPILOG)(firstbad_cli.firstbad)
+    from forensics.cli import import_cmd, record as record_cli, symbols as symbols_cli
+
+    # everything after -- (or the program's name) belongs to the recorded program
+    app.command("record", epilog=EXIT_CODES_EPILOG,
+                context_settings={"allow_interspersed_args": False})(record_cli.record)
+    app.command("import", epilog=EXIT_CODES_EPILOG)(import_cmd.import_log)
+    app.command("symbols", epilog=EXIT_CODES_EPILOG)(symbols_cli.symbols)
 
 
 _register()

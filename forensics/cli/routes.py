@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from forensics import routelog
+from forensics import preload, routelog
 from forensics.cli.common import write_json
 from forensics.errors import BadInputError
 from forensics.report import routes as routes_report
@@ -22,6 +22,7 @@ def routes(
     max_pointers: Annotated[int, typer.Option("--max-pointers", min=1, metavar="N", help="Pointers whose allocation is remembered (oldest allocation evicted first).")] = routelog.DEFAULT_MAX_POINTERS,
     max_regions: Annotated[int, typer.Option("--max-regions", min=1, metavar="N", help="Regions whose registry changes are remembered.")] = routelog.DEFAULT_MAX_REGIONS,
     keep: Annotated[int, typer.Option("--keep", min=1, metavar="N", help="Events kept of each kind (invalid magics, escapes, anomalous pointers...); the totals stay exact.")] = routelog.DEFAULT_KEEP,
+    lib: Annotated[Optional[Path], typer.Option("--lib", metavar="PATH", help="Allocator library whose geometry (region sizes) the log's registry history uses (default: $HAKMEM_LIB, else the bundled hakmem-ref; if it cannot be loaded, the sizes are learned from the log).")] = None,
 ) -> None:
     """Route histogram, pointer lifecycles, invalid magics, registry history of escaped pointers, timeline.
 
@@ -30,7 +31,8 @@ def routes(
     stream is reported with its offset and makes the exit status 3, after the report of
     everything before the damage.
     """
-    analyzer = routelog.RouteLogAnalyzer(pattern=pattern, max_pointers=max_pointers, max_regions=max_regions, keep=keep)
+    analyzer = routelog.RouteLogAnalyzer(pattern=pattern, max_pointers=max_pointers, max_regions=max_regions, keep=keep,
+                                         region_sizes=preload.get_region_sizes(lib))
     for log in logs:
         analyzer.feed_path(log)
     result = analyzer.result()

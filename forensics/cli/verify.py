@@ -17,8 +17,8 @@ from forensics.theme import make_console
 
 def verify(
     seeds: Annotated[Optional[int], typer.Option("--seeds", min=0, metavar="N", help=f"Seeds of the stress loop (random_mixed ITER WS $i for i = 1..N); default {verify_mod.DEFAULT_SEEDS}, {verify_mod.QUICK_SEEDS} with --quick.")] = None,
-    runs: Annotated[Optional[int], typer.Option("--runs", min=1, metavar="R", help=f"Timing runs per trace and variant, each in a fresh child; default {verify_mod.DEFAULT_RUNS}, {verify_mod.QUICK_RUNS} with --quick.")] = None,
-    reps: Annotated[Optional[int], typer.Option("--reps", min=1, metavar="K", help=f"Timed replays per run after a warm-up (the run's figure is their median); default {verify_mod.DEFAULT_REPS}, {verify_mod.QUICK_REPS} with --quick.")] = None,
+    runs: Annotated[Optional[int], typer.Option("--runs", min=1, metavar="R", help=f"Fresh timing children per timing trace; default {verify_mod.DEFAULT_RUNS}, {verify_mod.QUICK_RUNS} with --quick.")] = None,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", min=1, metavar="K", help=f"Rounds per timing child, every variant taking one turn per round next to off; default {verify_mod.DEFAULT_ROUNDS}, {verify_mod.QUICK_ROUNDS} with --quick.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Scaled-down traces and fewer seeds and runs: a fast subset (seconds).")] = False,
     claim: Annotated[Optional[list[str]], typer.Option("--claim", metavar="ID", help="Measure only this claim (repeatable): " + ", ".join(verify_mod.CLAIM_IDS) + ".")] = None,
     lib: Annotated[Optional[Path], typer.Option("--lib", metavar="PATH", help="Allocator library (default: $HAKMEM_LIB, else the bundled hakmem-ref).")] = None,
@@ -42,7 +42,7 @@ def verify(
         base,
         seeds=base.seeds if seeds is None else seeds,
         runs=base.runs if runs is None else runs,
-        reps=base.reps if reps is None else reps,
+        rounds=base.rounds if rounds is None else rounds,
         claims=tuple(claim or ()),
         lib=str(lib) if lib else None,
     )

@@ -9,14 +9,16 @@ call at a time into trace events (raw tuples, records.RawEvent):
   becomes ``free_interior OBJ OFFSET``; of a block already freed, ``double_free OBJ``; of an
   address nobody allocated, ``free_raw ADDR`` — so the replay reproduces it;
 * an allocation that returns an address still live (a free the source never showed, or two
-  threads racing in the source's own ordering) frees the old object first, and is counted.
+  threads racing in the source's own ordering) frees the old object first, and is counted
+  (a new block overlapping a live one at another start is let be: it replays fine).
 
 Memory is bounded by the live set plus a bounded memory of freed blocks (``freed_limit``,
 oldest forgotten first; a double free of a forgotten block becomes free_raw). Object ids are
-recycled once nothing can refer to them any more, so a trace's highest id stays near the peak
-of live + remembered blocks, never the number of allocations. "Inside a live block" is a
-floor lookup in a sorted structure of block starts (SortedStarts): O(log n) per lookup and
-O(sqrt n) per update, whatever the live set.
+recycled once nothing can refer to them, so a trace's highest id stays near the peak of
+live + remembered blocks, never the number of allocations. "Inside which live block?" is a
+floor lookup in a sorted index of block starts (SortedStarts: O(log n) lookups, O(sqrt n)
+updates), built the first time a free misses and kept up to date from then on: a source
+whose frees all hit pays nothing for it.
 """
 
 from __future__ import annotations

@@ -209,13 +209,13 @@ class ValgrindParser:
             kind = classify(name)
             if kind is None:
                 bad(line_no, f"unknown traced function {name}(...)")
-                continue
+                return  # the rest of a malformed line means nothing
             if kind == "ignore":
                 continue
             am = _ARGS[kind].match(args)
             if am is None:
                 bad(line_no, f"cannot read the arguments of {name}({args})")
-                continue
+                return
             pending = self._pending.get(pid)
             if kind == "free":
                 ptr = _ptr(am.group(1))

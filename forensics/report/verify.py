@@ -4,9 +4,9 @@ JSON schema "hakmem-forensics/verify/1" (keys always present):
 
     {
       "schema": "hakmem-forensics/verify/1",
-      "settings": {"quick": bool, "seeds": int, "runs": int, "reps": int, "claims": [str],
+      "settings": {"quick": bool, "seeds": int, "runs": int, "rounds": int, "claims": [str],
                    "lib": str | null, "workers": int, "cpus": int, "stress_args": [int, int],
-                   "audit_calls": int, "audit_batches": int, "min_run_seconds": float},
+                   "audit_calls": int, "audit_batches": int, "slice_seconds": float},
       "seconds": float,
       "claims": [{
         "id": str,                              # cycles, no-false-positives, larson-works, ...
@@ -31,7 +31,10 @@ JSON schema "hakmem-forensics/verify/1" (keys always present):
       }],
       "stress": [{"fault": str, "probe": str, "seeds": int, "failed": [int], "wrong": [int],
                   "misrouted": int, "leaked": int, "header_frees": int}],
-      "timings": [{"trace": str, "probe": str, "seconds": [float | null], "median": float | null}],
+      "timings": [{"trace": str, "probe": str,    # probe "off-again": the A/A control
+                   "seconds": [float | null],     # one per turn (run-major, then round): its fastest replay;
+                                                  # null: the child crashed. Same index = same run and round.
+                   "median": float | null}],
       "overheads": [{"trace": str, "probe": str, "baseline_trace": str, "baseline_probe": str,
                      "ratio": float | null,            # median(variant) / median(off baseline)
                      "ratio_lo": float | null, "ratio_hi": float | null,  # quartiles of run-by-run ratios
@@ -151,21 +154,20 @@ def _stress_table(report: VerifyReport) -> Table:
 
 
 def _timing_table(report: VerifyReport) -> Table:
-    t = Table(title="Replay time (fresh child per run; the run's fastest replay)", title_justify="left", expand=False)
-    for name, justify in (("trace", "left"), ("probe", "left"), ("runs (ms)", "left"), ("median", "right"), ("vs off", "right")):
-        t.add_column(name, justify=justify, overflow="fold")
+    t = Table(title="Replay time (variants take turns in one child; each turn its fastest replay)", title_justify="left", expand=False)
+    for name, justify in (("trace", "left"), ("probe", "left"), ("turns", "right"), ("median", "right"), ("vs off (paired)", "right")):
+        t.add_column(name, justify=justify, no_wrap=True)
     by = {(o.trace, o.probe): o for o in report.overheads}
     for c in report.timings:
-        runs = ", ".join("crash" if s is None else f"{s * 1e3:.2f}" for s in c.seconds)
         o = by.get((c.trace, c.probe))
         if o is None:
-            vs = "baseline" if c.probe == "off" else "-"
+            vs = "baseline" if c.probe == "off" else ("A/A control" if c.probe == "off-again" else "-")
         elif o.ratio is None:
             vs = "crashed"
         else:
-            base = "" if o.baseline_trace == o.trace else f" (vs off on {o.baseline_trace})"
+            base = "" if o.baseline_trace == o.trace else f" (vs {o.baseline_trace})"
             vs = f"{o.ratio:.2f}x [{o.ratio_lo:.2f}–{o.ratio_hi:.2f}]{base}"
-        t.add_row(c.trace, c.probe, runs, "-" if c.median is None else f"{c.median * 1e3:.2f} ms", vs)
+        t.add_row(c.trace, c.probe, str(sum(s is not None for s in c.seconds)), "-" if c.median is None else f"{c.median * 1e3:.2f} ms", vs)
     return t
 
 
@@ -182,7 +184,7 @@ def render(report: VerifyReport, console: Console, *, details: bool = False) -> 
     if report.stress:
         measured.append(f"{sum(t.seeds for t in report.stress)} stress replays (seeds 1..{s.get('seeds')})")
     if report.timings:
-        measured.append(f"{sum(len(t.seconds) for t in report.timings)} timed children")
+        measured.append(f"{len({t.trace for t in report.timings}) * int(s.get('runs') or 0)} timing children")
     if report.audit:
         measured.append(f"the probe audit ({len(report.audit.rows)} bed rows)")
     head.add_row("Measured with", ", ".join(measured))
