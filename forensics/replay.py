@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import signal
 import subprocess
 import tempfile
 import time

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from forensics import explain as explain_mod
 from forensics.cli import app
 from forensics.errors import BadInputError
-from forensics.model import EventStatus, OwnerKind
+from forensics.model import EventStatus
 from forensics.replay import ReplayConfig, run_replay
 from forensics.report import html as html_report
 from forensics.saved import open_result, save_result
@@ -109,8 +109,8 @@ def test_invalid_magic_explanation_names_the_bytes_owner(safe_saved):
     with open_result(safe_saved) as saved:
         first_im = next(a["event_index"] for a in saved.doc["anomalies"] if a["outcome"] == "invalid_magic")
     (e,) = _explain(safe_saved, "--event", str(first_im))
-    ptr = e["addr"]
     h = e["header"]
+    assert h["header_addr"] == e["addr"] - 32
     assert h["magic_expected"] == 0x48414B4D and h["magic_found"] is not None and h["magic_found"] != 0x48414B4D
     # the found value is the little-endian word at ptr-32 in the dump
     off = h["header_addr"] - h["base"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 
 from forensics import explain as explain_mod
 from forensics.replay import ReplayConfig, run_replay

@@ -3,11 +3,48 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from typing import Any
 
 import typer
 
 from forensics.errors import BadInputError
+
+
+class ProbeChoice(str, Enum):
+    """--probe: HAKMEM_HEADER_PROBE values."""
+
+    off = "off"
+    seed_mincore = "seed-mincore"
+    seed_msync = "seed-msync"
+    mincore = "mincore"
+    safe = "safe"
+
+
+class ModeChoice(str, Enum):
+    """--mode: HAKMEM_MODE values."""
+
+    direct = "direct"
+    ldpreload = "ldpreload"
+
+
+class AllocatorChoice(str, Enum):
+    """--allocator: hakmem-ref (or --lib), or libc as the baseline."""
+
+    hakmem = "hakmem"
+    libc = "libc"
+
+
+def parse_knobs(items: list[str] | None) -> dict[str, str]:
+    """--knob NAME=VALUE options as a dict, checked like a trace header's `# knob` lines."""
+    from forensics.trace import TraceFormatError, TraceHeader
+
+    if not items:
+        return {}
+    try:
+        return TraceHeader.parse(["# hakmem-trace v1", *(f"# knob {k}" for k in items)], "--knob", 0).knobs
+    except TraceFormatError as exc:
+        raise BadInputError(f"--knob: {exc.reason}") from None
 
 
 def write_json(document: dict[str, Any], target: str) -> None:

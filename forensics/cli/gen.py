@@ -13,8 +13,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from forensics.cli.common import parse_knobs
 from forensics.errors import EXIT_BAD_INPUT, BadInputError
-from forensics.trace import TraceFormatError, TraceHeader, open_writer
+from forensics.trace import open_writer
 from forensics.trace.generators import Workload
 from forensics.trace.generators import larson as make_larson
 from forensics.trace.generators import random_mixed as make_random_mixed
@@ -54,17 +55,6 @@ def progress_reporter(label: str, total: int | None, *, enabled: bool) -> Iterat
             progress.update(task, completed=done if total is None else min(done, total))
 
         yield update
-
-
-def parse_knobs(knobs: list[str] | None) -> dict[str, str]:
-    """--knob NAME=VALUE options as a dict; BadInputError for a malformed one."""
-    if not knobs:
-        return {}
-    lines = [f"# knob {k}" for k in knobs]
-    try:
-        return TraceHeader.parse(["# hakmem-trace v1", *lines], "--knob", 0).knobs
-    except TraceFormatError as exc:
-        raise BadInputError(f"--knob: {exc.reason}") from None
 
 
 def write_workload(make: Callable[[], Workload], output: Path, binary: bool) -> None:

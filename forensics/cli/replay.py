@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tempfile
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from forensics import explain as explain_mod
 from forensics import fixtures
-from forensics.cli.common import write_json, write_text
+from forensics.cli.common import AllocatorChoice, ModeChoice, ProbeChoice, write_json, write_text
+from forensics.cli.common import parse_knobs as _parse_knobs  # noqa: F401 - other commands import it from here
 from forensics.errors import BadInputError
 from forensics.replay import DEFAULT_TIMEOUT, ReplayConfig, run_replay
 from forensics.report import explain as explain_report
@@ -20,34 +20,6 @@ from forensics.report import html as html_report
 from forensics.report import replay as replay_report
 from forensics.saved import open_result, save_result
 from forensics.theme import make_console
-
-
-class ProbeChoice(str, Enum):
-    off = "off"
-    seed_mincore = "seed-mincore"
-    seed_msync = "seed-msync"
-    mincore = "mincore"
-    safe = "safe"
-
-
-class ModeChoice(str, Enum):
-    direct = "direct"
-    ldpreload = "ldpreload"
-
-
-class AllocatorChoice(str, Enum):
-    hakmem = "hakmem"
-    libc = "libc"
-
-
-def _parse_knobs(items: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise BadInputError(f"--knob {item!r}: expected NAME=VALUE, e.g. HAKMEM_SS_REG_CAPACITY=4")
-        out[name] = value
-    return out
 
 
 def replay(
