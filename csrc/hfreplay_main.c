@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <sys/personality.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hakmem.h"
@@ -27,7 +28,7 @@ static const char k_usage[] =
     "usage: hfreplay TRACE.htb (--lib PATH | --libc) [--knob NAME=VALUE]... [--check-every N] [--threads]\n"
     "                [--check-from A] [--check-to B]\n"
     "                [--no-judge] [--results-fd FD | --results FILE] [--quiet] [--aslr]\n"
-    "                [--stop-before N [--inspect-addr ADDR]... [--inspect-out FILE]]\n"
+    "                [--stop-before N [--inspect-addr ADDR]... [--inspect-out FILE]] [--time] [--floor]\n"
     "Replays a binary trace through an allocator (a library with the hakmem ABI, or libc malloc) and\n"
     "writes one result record per event to the result file. Knobs: the trace's '# knob' lines, then\n"
     "--knob (which override them), all applied before the first allocation.\n"
@@ -37,6 +38,11 @@ static const char k_usage[] =
     "the bytes around its header, owners, probe verdicts, registry history, check, memory map).\n"
     "--check-from A / --check-to B limit --check-every to events A..B: checked after every Nth event\n"
     "counted from A, and after B (to narrow down the first failing event with few checks).\n"
+    "--time prints how long the replay took (the hfd_replay call: validation, the loop, the oracle;\n"
+    "not process start or mapping the trace) as one 'timing:' line on stdout, also with --quiet.\n"
+    "--floor is the benchmark's baseline: it decodes the trace into plain arrays, then times only\n"
+    "the allocator calls in trace order on this thread (no oracle, no results, no validation\n"
+    "beyond the header's) and prints the 'timing:' line.\n"
     "Exit status: 0 replay done; 2 usage; 3 bad trace, library or knob; 4 system error (result file);\n"
     "killed by the allocator's signal (SIGSEGV, ...) when the replay crashes, the crash record kept.\n";
 

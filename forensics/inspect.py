@@ -29,8 +29,8 @@ from typing import Any, Iterable
 from forensics import abi, model, native
 from forensics.errors import BadInputError, ForensicsError
 from forensics.probeaudit import PROBES
-from forensics.replay import EVENT_SIZE, HEADER_SIZE, ReplayConfig, TraceFile
-from forensics.trace import TraceOp, convert, sniff
+from forensics.replay import EVENT_SIZE, HEADER_SIZE, ReplayConfig, TraceFile, binary_trace
+from forensics.trace import TraceOp
 
 MAX_ADDRS = 64  # hfreplay's limit on --inspect-addr
 DEFAULT_TIMEOUT = 120.0
@@ -43,14 +43,6 @@ class InspectCrashed(BadInputError):
     def __init__(self, message: str, crash: model.CrashRecord | None) -> None:
         super().__init__(message)
         self.crash = crash
-
-
-def _binary(trace: Path, workdir: Path) -> Path:
-    if sniff(trace) == "binary":
-        return trace
-    out = workdir / (trace.name + ".htb")
-    convert(trace, out, to="binary")
-    return out
 
 
 def _command(binary: Path, event: int, addrs: list[int], config: ReplayConfig, fd: int) -> list[str]:
@@ -96,7 +88,7 @@ def inspect_event(trace: str | os.PathLike[str], event: int, addrs: Iterable[int
         native.load_allocator(config.lib)  # a bad --lib is reported with the loader's reasons
     timeout = config.timeout or DEFAULT_TIMEOUT
     with tempfile.TemporaryDirectory(prefix="hakmem-forensics-") as tmp:
-        binary = _binary(trace_path, Path(tmp))
+        binary = binary_trace(trace_path, Path(tmp))
         with TraceFile(binary) as tf:
             n = tf.num_events
         if event > n:

@@ -120,7 +120,7 @@ def _op_name(code: int) -> str:
         return f"op{code}"
 
 
-def _binary_trace(trace: Path, workdir: Path) -> Path:
+def binary_trace(trace: Path, workdir: Path) -> Path:
     """The trace as a binary file: itself, or a conversion into workdir (checked as it converts)."""
     if sniff(trace) == "binary":
         return trace
@@ -176,7 +176,7 @@ def run_replay(trace: str | os.PathLike[str], config: ReplayConfig = ReplayConfi
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hakmem-forensics-") as tmp:
         workdir = Path(tmp)
-        binary = _binary_trace(trace_path, workdir)
+        binary = binary_trace(trace_path, workdir)
         with TraceFile(binary) as tf:
             n = tf.num_events
             size = HEADER_SIZE + max(n, 1) * EVENT_SIZE
@@ -347,7 +347,7 @@ def step_events(trace: str | os.PathLike[str], config: ReplayConfig = ReplayConf
     header = read_header(trace_path)
     knobs = get_effective_knobs(header, config)
     with tempfile.TemporaryDirectory(prefix="hakmem-forensics-") as tmp:
-        binary = _binary_trace(trace_path, Path(tmp))
+        binary = binary_trace(trace_path, Path(tmp))
         with TraceFile(binary) as tf:
             records = [bytes(tf.get_record(i)) for i in range(tf.num_events if stop is None else min(stop, tf.num_events))]
             num_objects = tf.num_objects

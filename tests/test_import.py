@@ -275,3 +275,18 @@ def test_mtrace_forensic_ops_and_malformed_lines(tmp_path):
     log.write_text("@ ./p:[0x11b0] < 0x1000\n@ ./p:[0x11b0] + 0x1000 0x10\n")
     with pytest.raises(ImportFormatError, match=r":1: a realloc '<' line is not followed"):
         import_file("mtrace", log, tmp_path / "m3.trace")
+
+
+def test_hostile_inputs_are_bad_input_never_a_traceback(tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(bytes(range(256)) * 64 + b"\n" + b"\xff" * 100)
+    text = tmp_path / "prose.txt"
+    text.write_text("hello\nthis is not a log\n")
+    long = tmp_path / "long.txt"
+    long.write_bytes(b"10: malloc 0x10 " + b"9" * 300_000 + b"\n10: free 0x10\n")
+    for fmt, src, where in (("valgrind", text, ":1: no valgrind output here"), ("android", junk, ":1: "),
+                            ("mtrace", junk, ":1: "), ("android", long, ":1: malloc takes PTR SIZE")):
+        res = invoke("import", fmt, src, "-o", tmp_path / "x.trace")
+        assert res.exit_code == EXIT_BAD_INPUT, (fmt, res.output)
+        assert where in res.output and "Traceback" not in res.output
+        assert len(res.output) < 400  # one line, input shown shortened

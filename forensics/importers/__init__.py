@@ -305,11 +305,28 @@ def _verdict(sink: _Sink, extra: tuple[str, int | None, int | None], line: int) 
     sink.last_release = None
 
 
+MAX_LINE_BYTES = 64 * 1024
+_OVERLONG = b" \0(line longer than 65536 bytes)"
+
+
 def iter_lines(stream: IO[bytes]) -> Iterator[bytes]:
-    """Lines of a binary stream, buffered (zip and gzip members read in large blocks)."""
+    """Lines of a binary stream, read in large blocks. A line longer than MAX_LINE_BYTES is
+    not held whole: its first part comes with a marker no parser accepts (so it is malformed,
+    with its line number) and the rest is skipped."""
     if not isinstance(stream, io.BufferedReader):
         stream = io.BufferedReader(stream, 1 << 20)  # type: ignore[arg-type]
-    return iter(stream)
+    readline = stream.readline
+    limit = MAX_LINE_BYTES + 1
+    while True:
+        line = readline(limit)
+        if not line:
+            return
+        if len(line) == limit and not line.endswith(b"\n"):
+            rest = line
+            while rest and not rest.endswith(b"\n"):
+                rest = readline(limit)
+            line = line[:200] + _OVERLONG
+        yield line
 
 
 __all__ = [

@@ -119,6 +119,7 @@ class ValgrindParser:
         self._meta: dict[int | None, list[tuple[str, str]]] = {}
         self._pending: dict[int | None, _Pending | None] = {}
         self._verdict_due: dict[int | None, int] = {}  # pid -> line of the "Invalid free()" heading
+        self.traced = 0  # lines with a traced call or result
 
     def header_meta(self, pid: int | None) -> list[tuple[str, object]]:
         meta: list[tuple[str, object]] = list(self._meta.get(pid, []))
@@ -151,10 +152,14 @@ class ValgrindParser:
                 call = _CALL_START.match(body)
                 if call is None or classify(call.group(1)) is None:
                     continue  # not a traced call (-v output, the program's own output, ...)
+            self.traced += 1
             yield from self._trace_body(pid, body, line_no)
             if line_no & 0xFFFF == 0:
                 self.lines = line_no
         self.lines = line_no
+        if line_no and not self.traced and not self._meta:
+            self.errors.bad(1, "no valgrind output here (expected lines like '--PID-- malloc(100) = 0x...' "
+                               "from valgrind --trace-malloc=yes)")
         for pid, pending in self._pending.items():
             if pending is not None:
                 self.errors.bad(pending.line, f"{pending.name}(...) has no result (the log ends first)")
