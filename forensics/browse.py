@@ -22,6 +22,7 @@ _ALLOC_CODES = frozenset({TraceOp.MALLOC.code, TraceOp.CALLOC.code, TraceOp.MEMA
 _FREEING_CODES = frozenset({TraceOp.FREE.code, TraceOp.FREE_LIBC.code, TraceOp.DOUBLE_FREE.code, TraceOp.FREE_INTERIOR.code, TraceOp.REALLOC.code})
 
 SIZE_CLASSES = ("tiny", "mid", "l25", "large")
+_EVT = __import__("struct").Struct("<QQIIIIiIiBBBB")  # hfr_event (csrc/hftrace.h)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,21 @@ class EventColumns:
             self.outcome_col[crash_index] = Outcome.CRASHED.code
         self.outcome_col = bytes(self.outcome_col)
         self.all = _ones(self.n)
+        self._events = events
+
+    def get_event(self, i: int) -> model.EventResult:
+        """Event i as a model record (decoded from the raw hfr_event; no ctypes)."""
+        ptr, seq, route, action, tried, hit, probe, magic, method, owner, _outcome, status, check = _EVT.unpack_from(self._events, i * 48)
+        d = None
+        if route or seq:
+            steps = model.FreeStep.from_mask(tried)
+            d = model.FreeDecision(seq=seq, ptr=ptr, route=Route.from_code(route), action=model.Action.from_code(action) or model.Action.NONE,
+                                   tried=steps, hit=model.FreeStep.from_mask(hit), probe=model.ProbeVerdict.from_code(probe), probe_kind=None,
+                                   magic_found=magic if model.FreeStep.MAGIC in steps else None, method=method if method >= 0 else None, tid=self.tid[i])
+        row = self.get_row(i)
+        return model.EventResult(index=i, op=row.op, tid=row.tid, obj=row.obj, ptr=ptr, owner=model.OwnerKind.from_code(owner) or model.OwnerKind.NONE,
+                                 outcome=Outcome.from_code(self.outcome_col[i]) or Outcome.NONE, status=model.EventStatus.from_code(status) or model.EventStatus.PENDING,
+                                 check_failed=bool(check), decision=d)
 
     # ---- rows
     def get_row(self, i: int) -> Row:
@@ -262,3 +278,85 @@ def from_saved(saved) -> EventColumns:
 
 def outcome_of(code: int) -> model.Outcome | None:
     return Outcome.from_code(code)
+
+
+# ------------------------------------------------------------------------- route logs
+def from_log(path, *, limit: int = 20_000_000) -> EventColumns:
+    """Columns of a route log (HAKMEM_FREE_ROUTE_TRACE, plus [hakmem-alloc] lines if present):
+    one row per allocation or free line, in log order, judged by the same rule as the replay's
+    oracle when the allocation's path is in the log. Plain or gzip. Unlike `routes`, this keeps
+    one compact row per line (about 60 bytes): it is for browsing, up to `limit` rows."""
+    import gzip
+    import struct
+
+    from forensics.errors import BadInputError
+    from forensics.model import Action, FreeStep, OwnerKind
+    from forensics.routelog import ALLOC_RE, EXPECTED_ACTIONS, INVALID_MAGIC_ROUTES, ROUTE_RE
+
+    rec = struct.Struct("<BBHIIIQqQQ")
+    evt = struct.Struct("<QQIIIIiIiBBBB")
+    records = bytearray()
+    events = bytearray()
+    owner_of: dict[int, str] = {}
+    route_codes = {r.value.encode(): r.code for r in Route}
+    action_codes = {a.value.encode(): a.code for a in Action}
+    step_bits = {s.value.encode(): s.bit for s in FreeStep}
+    owner_codes = {k.value: k.code for k in OwnerKind}
+    free_op, malloc_op = TraceOp.FREE.code, TraceOp.MALLOC.code
+
+    def mask(field: bytes) -> int:
+        return 0 if field == b"-" else sum(step_bits.get(s, 0) for s in field.split(b","))
+
+    try:
+        raw = open(path, "rb")
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read log: {exc.strerror}") from None
+    with raw:
+        stream = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == b"\x1f\x8b" else raw
+        try:
+            for line in stream:
+                if len(events) // 48 >= limit:
+                    break
+                line = line.rstrip(b"\n")
+                if line.startswith(b"[hakmem-route]"):
+                    m = ROUTE_RE.match(line)
+                    if m is None:
+                        continue
+                    seq, tid, ptr_b, route_b, action_b, tried, hit, probe_b, magic_b, method_b = m.groups()
+                    ptr = 0 if ptr_b == b"(nil)" else int(ptr_b, 16)
+                    route = route_b.decode()
+                    action = action_b.decode()
+                    path_name = owner_of.pop(ptr, None)
+                    if ptr == 0:
+                        outcome = Outcome.CORRECT
+                    elif route in INVALID_MAGIC_ROUTES:
+                        outcome = Outcome.INVALID_MAGIC
+                    elif action == "none":
+                        outcome = Outcome.LEAKED
+                    elif path_name is None:
+                        outcome = Outcome.NONE  # unjudged: the allocation is not in the log
+                    elif action in EXPECTED_ACTIONS.get(path_name, ()):
+                        outcome = Outcome.CORRECT
+                    else:
+                        outcome = Outcome.MISROUTED
+                    probe = {b"-": -1, b"unreadable": 0, b"readable": 1}[probe_b]
+                    records += rec.pack(free_op, 0, 0, int(tid), 0, 0, 0, 0, 0, 0)
+                    events += evt.pack(ptr, int(seq), route_codes.get(route_b, 0), action_codes.get(action_b, 0), mask(tried), mask(hit), probe,
+                                       int(magic_b, 16) & 0xFFFFFFFF if magic_b != b"-" else 0, int(method_b) if method_b != b"-" else -1,
+                                       owner_codes.get(path_name or "unknown", OwnerKind.UNKNOWN.code), outcome.code, model.EventStatus.DONE.code, 0)
+                elif line.startswith(b"[hakmem-alloc]"):
+                    m = ALLOC_RE.match(line)
+                    if m is None:
+                        continue
+                    _seq, _fseq, tid, ptr_h, size, _align, path_b = m.groups()
+                    ptr = int(ptr_h, 16)
+                    path_name = path_b.decode()
+                    owner_of[ptr] = path_name
+                    records += rec.pack(malloc_op, 0, 0, int(tid), 0, 0, int(size), 0, 0, 0)
+                    events += evt.pack(ptr, 0, 0, 0, 0, 0, -1, 0, -1, owner_codes.get(path_name, OwnerKind.UNKNOWN.code), Outcome.NONE.code, model.EventStatus.DONE.code, 0)
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            if not events:
+                raise BadInputError(f"{path}: cannot read log: {exc}") from None
+    if not events:
+        raise BadInputError(f"{path}: no [hakmem-route] or [hakmem-alloc] lines (is HAKMEM_FREE_ROUTE_TRACE=1 set?)")
+    return EventColumns(bytes(records), bytes(events))

@@ -337,9 +337,9 @@ class ExplorerApp(App[None]):
         lines = [Text.assemble(("Event ", "bold"), f"#{row.index}, thread {row.tid}: {row.op}" + (f" obj {row.obj}" if row.obj else ""))]
         if row.ptr:
             lines.append(Text(f"ptr {row.ptr:#x}" + (f", {row.size} bytes" if row.size else "")))
-        if self.saved is not None:
-            ev = self.saved.get_event(index)
-            d = ev.decision
+        ev = self.columns.get_event(index)
+        d = ev.decision
+        if ev.owner.value != "none" or d is not None:
             lines.append(Text(f"owner: {ev.owner.value}   outcome: {ev.outcome.value}   status: {ev.status.value}"))
             if d is not None:
                 lines.append(Text(f"route {d.route.value if d.route else '-'} -> {d.action.value}"))

@@ -182,3 +182,56 @@ def test_snapshot(snap_compare, size):
     saved = open_result(SAMPLE)
     app = ExplorerApp(from_saved(saved), source="tui-sample.hfres", saved=saved, inspect=False)
     assert snap_compare(app, terminal_size=size, press=["c"])
+
+
+def _route_log(tmp_path, trace: Path, *knobs: str) -> Path:
+    """hakmem-ref's stderr of a replay with the route trace on."""
+    import subprocess
+
+    from forensics import abi
+    from forensics.trace import convert
+
+    binary = tmp_path / "t.htb"
+    convert(trace, binary, to="binary")
+    log = tmp_path / "route.log"
+    args = [str(abi.find_replay_exe()), str(binary), "--lib", str(abi.find_allocator()), "--quiet", "--knob", "HAKMEM_FREE_ROUTE_TRACE=1"]
+    for k in knobs:
+        args += ["--knob", k]
+    with open(log, "wb") as err:
+        subprocess.run(args, stderr=err, check=False)
+    return log
+
+
+async def test_route_log_opens_at_once_and_filters(tmp_path):
+    import gzip
+
+    from forensics.browse import from_log
+
+    log = _route_log(tmp_path, FIXTURES / "probe-safe.trace")
+    gz = tmp_path / "route.log.gz"
+    gz.write_bytes(gzip.compress(log.read_bytes()))
+    lines = [line for line in log.read_text().splitlines() if line.startswith("[hakmem-route]")]
+    for path in (log, gz):
+        cols = from_log(path)
+        assert cols.n == len(lines)
+    cols = from_log(gz)
+    im = sum(1 for line in lines if "route=invalid_magic_tiny_recovery" in line)
+    app = ExplorerApp(cols, source="route.log.gz", saved=None, inspect=False)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("colon", *"route=invalid_magic_tiny_recovery", "enter")
+        await pilot.pause()
+        table = app.query_one(EventTable)
+        assert len(table.view) == im > 0
+        text = _detail_text(app)
+        assert "route invalid_magic_tiny_recovery -> tiny_free" in text and "tried: ss,mid,l25,probe,magic" in text
+        assert f"invalid_magic_tiny_recovery" in _pane_text(app, "#summary")
+
+
+def test_not_a_log_is_a_one_line_error(tmp_path):
+    from forensics.browse import from_log
+    from forensics.errors import BadInputError
+
+    junk = tmp_path / "junk.txt"
+    junk.write_text("hello\nworld\n")
+    with pytest.raises(BadInputError, match="no \\[hakmem-route\\]"):
+        from_log(junk)

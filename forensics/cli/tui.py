@@ -17,13 +17,19 @@ from forensics.saved import open_result, save_result
 from forensics.theme import make_console
 
 
-def _is_zip(path: Path) -> bool:
+def _kind(path: Path) -> str:
+    """"result" (a saved result), "trace", or "log" (anything else: hakmem's stderr, plain or gzip)."""
     with open(path, "rb") as fh:
-        return fh.read(4) == b"PK\x03\x04"
+        head = fh.read(64)
+    if head[:4] == b"PK\x03\x04":
+        return "result"
+    if head[:8] == b"HKTRACE\0" or head.startswith(b"# hakmem-trace v1"):
+        return "trace"
+    return "log"
 
 
 def tui(
-    source: Annotated[Optional[Path], typer.Argument(help="A saved result (`replay --save`), or a trace (replayed first, in a child). Default: the bundled SEGV fixture.", show_default=False)] = None,
+    source: Annotated[Optional[Path], typer.Argument(help="A saved result (`replay --save`), a trace (replayed first, in a child), or a route log (hakmem's stderr with HAKMEM_FREE_ROUTE_TRACE=1, plain or gzip). Default: the bundled SEGV fixture.", show_default=False)] = None,
     probe: Annotated[Optional[str], typer.Option("--probe", help="With a trace: HAKMEM_HEADER_PROBE for the replay.")] = None,
     no_inspect: Annotated[bool, typer.Option("--no-inspect", help="Never replay to explain an event in depth (the saved records only).")] = False,
 ) -> None:
@@ -35,8 +41,14 @@ def tui(
     path = source if source is not None else fixtures.find_fixture()
     if not path.is_file():
         raise BadInputError(f"{path}: no such file")
+    kind = _kind(path)
+    if kind == "log":
+        from forensics.browse import from_log
+
+        ExplorerApp(from_log(path), source=str(path), saved=None, inspect=False).run()
+        return
     with tempfile.TemporaryDirectory(prefix="hakmem-forensics-") as tmp:
-        if not _is_zip(path):
+        if kind == "trace":
             config = ReplayConfig(probe=probe)
             with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=make_console(stderr=True), transient=True) as bar:
                 task = bar.add_task("replay", total=None)
