@@ -154,13 +154,125 @@ static const char *route_name(const char *(*fn)(uint32_t), uint32_t r, char *buf
     return buf;
 }
 
+/* ------------------------------------------------------------------ timing */
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* One machine-readable line (scripts/bench.py reads it). */
+static void print_timing(const char *phase, uint64_t events, double seconds) {
+    printf("timing: phase=%s events=%" PRIu64 " seconds=%.6f events_per_s=%.0f\n", phase, events, seconds,
+           seconds > 0 ? (double)events / seconds : 0.0);
+    fflush(stdout);
+}
+
+/* -------------------------------------------------------------------- floor */
+
+/* The baseline of the replay's overhead: the same allocator calls, through function pointers as
+ * the replay makes them, from arrays decoded beforehand, with nothing else per event (no
+ * validation, oracle, decision or result record). */
+typedef struct floor_api {
+    void *(*alloc)(size_t size, uintptr_t site);
+    void (*free)(void *ptr, size_t size, uintptr_t site);
+    void *(*calloc)(size_t nmemb, size_t size, uintptr_t site);
+    void *(*realloc)(void *ptr, size_t size, uintptr_t site);
+    void *(*memalign)(size_t alignment, size_t size, uintptr_t site);
+} floor_api;
+
+extern void *__libc_malloc(size_t size);
+
+static void *floor_libc_alloc(size_t size, uintptr_t site) { (void)site; return malloc(size); }
+static void floor_libc_free(void *ptr, size_t size, uintptr_t site) { (void)size; (void)site; free(ptr); }
+static void *floor_libc_calloc(size_t nmemb, size_t size, uintptr_t site) { (void)site; return calloc(nmemb, size); }
+static void *floor_libc_realloc(void *ptr, size_t size, uintptr_t site) { (void)site; return realloc(ptr, size); }
+static void *floor_libc_memalign(size_t alignment, size_t size, uintptr_t site) {
+    (void)site;
+    void *p = NULL;
+    return posix_memalign(&p, alignment < sizeof(void *) ? sizeof(void *) : alignment, size) == 0 ? p : NULL;
+}
+
+__attribute__((noinline)) static int run_floor(const char *trace_path, const void *map, int use_libc, void *handle) {
+    floor_api api = {0};
+    if (use_libc) {
+        api = (floor_api){floor_libc_alloc, floor_libc_free, floor_libc_calloc, floor_libc_realloc, floor_libc_memalign};
+    } else if (handle) {
+        *(void **)&api.alloc = dlsym(handle, "hak_alloc_at");
+        *(void **)&api.free = dlsym(handle, "hak_free_at");
+        *(void **)&api.calloc = dlsym(handle, "hak_calloc_at");
+        *(void **)&api.realloc = dlsym(handle, "hak_realloc_at");
+        *(void **)&api.memalign = dlsym(handle, "hak_memalign_at");
+    }
+    if (!api.alloc || !api.free) fail(EXIT_BAD_INPUT, trace_path, "--floor: the allocator's hak_alloc_at/hak_free_at are not reachable");
+    const hft_header *h = map;
+    const hft_record *recs = (const hft_record *)((const char *)map + h->records_offset);
+    uint64_t n = h->num_events;
+    uint8_t *op = malloc(n ? n : 1);
+    uint32_t *obj = malloc(sizeof(uint32_t) * (n ? n : 1)), *obj2 = malloc(sizeof(uint32_t) * (n ? n : 1));
+    uint64_t *size = malloc(sizeof(uint64_t) * (n ? n : 1)), *site = malloc(sizeof(uint64_t) * (n ? n : 1));
+    int64_t *arg = malloc(sizeof(int64_t) * (n ? n : 1));
+    void **ptr = calloc((size_t)h->num_objects + 1, sizeof(void *));
+    if (!op || !obj || !obj2 || !size || !site || !arg || !ptr) fail(EXIT_SYSTEM, trace_path, "--floor: out of memory decoding %" PRIu64 " events", n);
+    for (uint64_t i = 0; i < n; i++) {
+        op[i] = recs[i].op;
+        obj[i] = recs[i].obj;
+        obj2[i] = recs[i].obj2;
+        size[i] = recs[i].size;
+        arg[i] = recs[i].arg;
+        site[i] = recs[i].site;
+        if ((op[i] == HFT_OP_REALLOC && !api.realloc) || (op[i] == HFT_OP_MEMALIGN && !api.memalign))
+            fail(EXIT_BAD_INPUT, trace_path, "--floor: event %" PRIu64 " needs an entry point the allocator lacks", i);
+    }
+    double t0 = now_seconds();
+    for (uint64_t i = 0; i < n; i++) {
+        uint32_t o = obj[i];
+        switch (op[i]) {
+        case HFT_OP_MALLOC: ptr[o] = api.alloc((size_t)size[i], (uintptr_t)site[i]); break;
+        case HFT_OP_CALLOC:
+            if (api.calloc) {
+                ptr[o] = api.calloc((size_t)arg[i], (size_t)size[i], (uintptr_t)site[i]);
+            } else {
+                size_t total = (size_t)arg[i] * (size_t)size[i];
+                ptr[o] = api.alloc(total, (uintptr_t)site[i]);
+                if (ptr[o]) memset(ptr[o], 0, total ? total : 1);
+            }
+            break;
+        case HFT_OP_MEMALIGN: ptr[o] = api.memalign((size_t)arg[i], (size_t)size[i], (uintptr_t)site[i]); break;
+        case HFT_OP_LIBC_MALLOC: ptr[o] = use_libc ? api.alloc((size_t)size[i], (uintptr_t)site[i]) : __libc_malloc((size_t)size[i]); break;
+        case HFT_OP_REALLOC: {
+            void *q = api.realloc(obj2[i] ? ptr[obj2[i]] : NULL, (size_t)size[i], (uintptr_t)site[i]);
+            if (o) ptr[o] = q;
+            break;
+        }
+        case HFT_OP_FREE:
+        case HFT_OP_FREE_LIBC:
+        case HFT_OP_DOUBLE_FREE: api.free(o ? ptr[o] : NULL, 0, (uintptr_t)site[i]); break;
+        case HFT_OP_FREE_INTERIOR: api.free((char *)ptr[o] + arg[i], 0, (uintptr_t)site[i]); break;
+        case HFT_OP_FREE_RAW: api.free((void *)(uintptr_t)arg[i], 0, (uintptr_t)site[i]); break;
+        case HFT_OP_CORRUPT:
+            if (ptr[o]) {
+                volatile uint8_t *dst = (volatile uint8_t *)ptr[o] + arg[i];
+                for (uint64_t k = 0; k < size[i]; k++) dst[k] = (uint8_t)(recs[i].value >> (8 * k));
+            }
+            break;
+        default: break;
+        }
+    }
+    double t1 = now_seconds();
+    print_timing("floor", n, t1 - t0);
+    free(op); free(obj); free(obj2); free(size); free(site); free(arg); free(ptr);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *trace_path = NULL, *lib = NULL, *results_file = NULL;
     int use_libc = 0, threads = 0, judge = 1, quiet = 0, results_fd = -1;
     uint64_t check_every = 0, check_from = 0, check_to = UINT64_MAX;
     uint64_t stop_before = UINT64_MAX;
     uint64_t extra_addrs[64];
-    int n_extra = 0, keep_aslr = 0;
+    int n_extra = 0, keep_aslr = 0, show_time = 0, floor = 0;
     const char *inspect_out = NULL;
     static struct knob knobs[MAX_KNOBS];
     static struct knob opt_knobs[MAX_KNOBS];
@@ -211,6 +323,10 @@ int main(int argc, char **argv) {
             quiet = 1;
         } else if (strcmp(a, "--aslr") == 0) {
             keep_aslr = 1;
+        } else if (strcmp(a, "--time") == 0) {
+            show_time = 1;
+        } else if (strcmp(a, "--floor") == 0) {
+            floor = 1;
         } else if (strcmp(a, "--stop-before") == 0) {
             NEED_ARG();
             stop_before = parse_u64(a, argv[++i]);
@@ -346,6 +462,12 @@ int main(int argc, char **argv) {
         }
     }
 
+    if (floor) {
+        if (stop_before != UINT64_MAX) usage_error("--floor and --stop-before do not go together");
+        int frc = run_floor(trace_path, map, use_libc, handle);
+        __atomic_store_n(&res->state, (uint32_t)HFR_STATE_DONE, __ATOMIC_SEQ_CST);
+        return frc;
+    }
     if (hfd_install_crash_handler(&res->crash) != HFD_OK) fail(EXIT_SYSTEM, trace_path, "%s", hfd_last_error());
     if (stop_before != UINT64_MAX) {
         FILE *out = stdout;
@@ -359,10 +481,13 @@ int main(int argc, char **argv) {
     }
     hfr_options opts = {.check_every = check_every, .threads = (uint32_t)threads, .judge = (uint32_t)judge};
     hfd_check_window(check_from, check_to);
+    double t0 = now_seconds();
     int rc = hfd_replay(map, len, res, events, &opts);
+    double t1 = now_seconds();
     if (rc != HFD_OK) fail(rc == HFD_ESYS ? EXIT_SYSTEM : EXIT_BAD_INPUT, trace_path, "%s", hfd_last_error());
     __atomic_store_n(&res->state, (uint32_t)HFR_STATE_DONE, __ATOMIC_SEQ_CST);
     if (res->error[0]) fprintf(stderr, "hfreplay: %s: %s\n", trace_path, res->error);
+    if (show_time) print_timing(threads && res->threads_used > 1 ? "replay_threads" : "replay", res->num_events, t1 - t0);
 
     if (!quiet) {
         hfr_summary s;

@@ -224,7 +224,7 @@ async def test_route_log_opens_at_once_and_filters(tmp_path):
         assert len(table.view) == im > 0
         text = _detail_text(app)
         assert "route invalid_magic_tiny_recovery -> tiny_free" in text and "tried: ss,mid,l25,probe,magic" in text
-        assert f"invalid_magic_tiny_recovery" in _pane_text(app, "#summary")
+        assert "invalid_magic_tiny_recovery" in _pane_text(app, "#summary")
 
 
 def test_not_a_log_is_a_one_line_error(tmp_path):

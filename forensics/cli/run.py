@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from forensics import preload, routelog
-from forensics.cli.common import write_json
-from forensics.cli.replay import ModeChoice, ProbeChoice, _parse_knobs
+from forensics.cli.common import ModeChoice, ProbeChoice, parse_knobs, write_json
 from forensics.report import run as run_report
 from forensics.theme import make_console
 
@@ -22,7 +21,7 @@ def run(
     json_out: Annotated[Optional[str], typer.Option("--json", metavar="FILE|-", help=f"Also write the result as JSON (schema {run_report.SCHEMA}); '-' = stdout (after the program's own output).")] = None,
     log: Annotated[Optional[str], typer.Option("--log", metavar="FILE", help="Keep the main process's trace log in FILE (other processes' in FILE.<pid>).")] = None,
     timeout: Annotated[Optional[float], typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Kill the program after this long and report a hang.")] = None,
-    no_alloc_trace: Annotated[bool, typer.Option("--no-alloc-trace", help="No [hakmem-alloc] lines (smaller log; frees cannot be judged against their allocation).")] = False,
+    no_alloc_trace: Annotated[bool, typer.Option("--no-alloc-trace", help="No allocation lines in the log (smaller; frees cannot be judged against their allocation).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No report on the terminal (use with --json).")] = False,
     max_pointers: Annotated[int, typer.Option("--max-pointers", min=1, metavar="N", help="Pointers whose allocation the log reader remembers.")] = routelog.DEFAULT_MAX_POINTERS,
 ) -> None:
@@ -38,7 +37,7 @@ def run(
         lib=lib,
         probe=probe.value if probe else None,
         mode=mode.value if mode else None,
-        knobs=_parse_knobs(knob or []),
+        knobs=parse_knobs(knob or []),
         log=log,
         timeout=timeout,
         alloc_trace=not no_alloc_trace,
