@@ -343,6 +343,12 @@ HAK_API const char *hak_stage_name(uint32_t stage);
 HAK_API const char *hak_probe_name(uint32_t kind);
 HAK_API const char *hak_reqtrace_op_name(uint32_t op);
 HAK_API int hak_owner(const void *addr, hak_owner_info *out);     /* HAK_OK; kind NONE if unowned */
+/* The oracle's question, cheaply: hak_owner's kind for addr, or'ed with HAK_OWNER_LIVE_BLOCK when
+ * addr is the start (block_ptr) of a block in state LIVE. Same answer as hak_owner, without
+ * filling a hak_owner_info; the replay asks it at every allocation and before every free. */
+#define HAK_OWNER_LIVE_BLOCK 0x100u
+#define HAK_OWNER_KIND_MASK 0xffu
+HAK_API uint32_t hak_owner_kind(const void *addr);
 HAK_API hak_free_state *hak_debug_free_state(void);               /* calling thread's state */
 HAK_API void hak_get_stats(hak_stats *out);
 /* Walks free lists, registries and headers. HAK_OK, or HAK_ECHECK with the first broken

@@ -10,7 +10,7 @@
  * What a real program needs beyond the ctypes library:
  *   - early start: ld.so and libc call malloc before any constructor runs. init_once() only uses
  *     getenv, open and fcntl (no allocation) and the lock is a static initializer.
- *   - threads: the allocator's one mutex; TLS is initial-exec (see the Makefile), so touching a
+ *   - threads: the allocator's one lock; TLS is initial-exec (see the Makefile), so touching a
  *     __thread variable never calls into ld.so (which could allocate).
  *   - fork: pthread_atfork takes the lock before fork and releases it in both processes; the
  *     child forgets its cached tid and, with a "%p" trace file, opens its own.
@@ -162,7 +162,7 @@ static void atfork_prepare(void) {
 static void atfork_parent(void) { UNLOCK(); }
 
 static void atfork_child(void) {
-    pthread_mutex_init(&g_lock, NULL); /* only the forking thread exists, and prepare held it */
+    LOCK_RESET(); /* only the forking thread exists, and prepare held it */
     t_tid = 0;                         /* cur_tid() cached the parent's thread id */
     if (g_trace_file_fd >= 0 && strstr(g_trace_path, "%p")) {
         int old = g_trace_file_fd;

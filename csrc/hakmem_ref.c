@@ -6,7 +6,7 @@
  * request trace -> Tiny (SuperSlabs) -> Mid/L25 pools -> large blocks and their caches ->
  * MALLOC method -> the free router -> public allocation API -> introspection -> check.
  *
- * One global mutex guards the heap (correctness over speed). Internal functions ending in
+ * One global lock guards the heap (see LOCK below). Internal functions ending in
  * _locked expect it held. Metadata never comes from libc malloc: it is mmap'd, so the same
  * code can later stand in for malloc under LD_PRELOAD.
  */
@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -44,6 +45,7 @@ HAK_API const uint64_t hak_superslab_size_const = HAK_SUPERSLAB_SIZE;
 HAK_API const uint32_t hak_tiny_class_sizes_const[HAK_TINY_NUM_CLASSES] = {8, 16, 32, 64, 128, 256, 512, 1024};
 HAK_API const uint32_t hak_build_release_const = HAKMEM_BUILD_RELEASE;
 
+/* Pool classes are powers of two: a block index is a shift (pool_chunk.shift). */
 static const uint32_t k_mid_class_bytes[HAK_MID_NUM_CLASSES] = {2048, 4096, 8192, 16384, 32768};
 static const uint32_t k_l25_class_bytes[HAK_L25_NUM_CLASSES] = {65536, 131072, 262144, 524288, 1048576};
 #define TINY_MAX 1024u
@@ -332,8 +334,14 @@ static int knob_parse(const knob_def *d, const char *value, long *out) {
 }
 
 /* ---------------------------------------------------------------- state */
-static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+/* The heap lock: a futex word, 0 free, 1 held, 2 held with waiters (Drepper, "Futexes Are
+ * Tricky", mutex 3), spinning a little before it sleeps. While the process has a single thread
+ * (glibc's __libc_single_threaded, which goes false before a second thread first runs) nobody
+ * can contend, so LOCK/UNLOCK skip the atomics, as glibc's own malloc does. The allocator never
+ * creates a thread, so a section entered without the lock is left without it. */
+static uint32_t g_lock;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static int g_inited; /* set, with release, once init_once has run: ensure_init's fast path */
 
 /* HAKMEM_TRACE_FILE: "%p" becomes the pid. Kept so the preload library can reopen it in a
  * forked child. Opened O_APPEND (whole lines from several processes never interleave) and
@@ -401,10 +409,59 @@ static void init_once(void) {
     }
 }
 
-static inline void ensure_init(void) { pthread_once(&g_once, init_once); }
+static void init_once_mark(void) {
+    init_once();
+    __atomic_store_n(&g_inited, 1, __ATOMIC_RELEASE);
+}
 
-#define LOCK() pthread_mutex_lock(&g_lock)
-#define UNLOCK() pthread_mutex_unlock(&g_lock)
+static inline void ensure_init(void) {
+    if (__builtin_expect(!__atomic_load_n(&g_inited, __ATOMIC_ACQUIRE), 0)) pthread_once(&g_once, init_once_mark);
+}
+
+#if defined(__has_include)
+#if __has_include(<sys/single_threaded.h>)
+#include <sys/single_threaded.h>
+#define HAK_SINGLE_THREADED() (__libc_single_threaded != 0)
+#endif
+#endif
+#ifndef HAK_SINGLE_THREADED
+#define HAK_SINGLE_THREADED() 0
+#endif
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+__attribute__((noinline)) static void lock_slow(void) {
+    for (int spin = 0; spin < 128; spin++) {
+        uint32_t c = 0;
+        if (__atomic_load_n(&g_lock, __ATOMIC_RELAXED) == 0 &&
+            __atomic_compare_exchange_n(&g_lock, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            return;
+        cpu_relax();
+    }
+    while (__atomic_exchange_n(&g_lock, 2, __ATOMIC_ACQUIRE) != 0)
+        syscall(SYS_futex, &g_lock, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+}
+
+static inline void lock_heap(void) {
+    if (HAK_SINGLE_THREADED()) return;
+    uint32_t c = 0;
+    if (!__atomic_compare_exchange_n(&g_lock, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) lock_slow();
+}
+
+static inline void unlock_heap(void) {
+    if (HAK_SINGLE_THREADED()) return;
+    if (__atomic_exchange_n(&g_lock, 0, __ATOMIC_RELEASE) == 2)
+        syscall(SYS_futex, &g_lock, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+#define LOCK() lock_heap()
+#define UNLOCK() unlock_heap()
+/* A forked child has only the forking thread, which held the lock across fork (preload). */
+#define LOCK_RESET() __atomic_store_n(&g_lock, 0, __ATOMIC_RELEASE)
 
 /* ------------------------------------------------------ request trace */
 static hak_reqtrace_rec g_reqring[HAK_REQTRACE_RING];
@@ -496,6 +553,7 @@ typedef struct ss_meta {
     uint32_t cls, block_size, capacity, bump;
     int32_t live;
     uint32_t registered;
+    uint32_t shift;              /* log2(block_size): block index = (addr - base) >> shift */
     void *freelist;
     struct ss_meta *next, *prev; /* class list */
     size_t meta_bytes;
@@ -521,10 +579,12 @@ static inline int bit_get(const uint64_t *b, size_t i) { return (int)((b[i >> 6]
 static inline void bit_set(uint64_t *b, size_t i) { b[i >> 6] |= 1ull << (i & 63); }
 static inline void bit_clr(uint64_t *b, size_t i) { b[i >> 6] &= ~(1ull << (i & 63)); }
 
+/* Classes are 8 << c bytes: the class of size is ceil(log2(size)) - 3. */
+_Static_assert(HAK_TINY_NUM_CLASSES == 8 && TINY_MAX == 1024u, "Tiny classes are 8, 16, ..., 1024");
 static int tiny_class_of(size_t size) {
-    for (int c = 0; c < HAK_TINY_NUM_CLASSES; c++)
-        if (size <= hak_tiny_class_sizes_const[c]) return c;
-    return -1;
+    if (size > TINY_MAX) return -1;
+    if (size <= 8) return 0;
+    return (int)(64 - __builtin_clzll((unsigned long long)(size - 1))) - 3;
 }
 
 static ss_meta *ss_new_locked(uint32_t cls) {
@@ -539,6 +599,7 @@ static ss_meta *ss_new_locked(uint32_t cls) {
     m->base = (uintptr_t)base;
     m->cls = cls;
     m->block_size = bs;
+    m->shift = (uint32_t)__builtin_ctz(bs);
     m->capacity = cap;
     m->meta_bytes = mb;
     m->mark = m->bits + words;
@@ -604,7 +665,7 @@ static void *tiny_alloc_locked(uint32_t cls) {
         p = (void *)(m->base + (uintptr_t)m->bump * m->block_size);
         m->bump++;
     }
-    size_t idx = ((uintptr_t)p - m->base) / m->block_size;
+    size_t idx = ((uintptr_t)p - m->base) >> m->shift;
     if (idx < m->capacity) bit_set(m->bits, idx);
     m->live++;
     return p;
@@ -613,7 +674,7 @@ static void *tiny_alloc_locked(uint32_t cls) {
 /* Free into a known SuperSlab. Like a release-build allocator it trusts the pointer: an
  * interior pointer or a double free goes onto the free list as given (the check finds it). */
 static void tiny_free_in_locked(ss_meta *m, void *ptr) {
-    size_t idx = ((uintptr_t)ptr - m->base) / m->block_size;
+    size_t idx = ((uintptr_t)ptr - m->base) >> m->shift;
     if (idx < m->capacity) {
         if (!bit_get(m->bits, idx))
             HAK_DBG("[hakmem] DEBUG: hak_tiny_free: block %p of SuperSlab 0x%lx is not live (double free?)\n", ptr,
@@ -653,7 +714,7 @@ typedef struct pool_chunk {
     int32_t live;
     uint32_t registered;
     uint32_t pool; /* HAK_REG_MID / HAK_REG_L25 */
-    uint32_t pad;
+    uint32_t shift; /* log2(class_bytes): block index = (raw - base) >> shift */
     struct pool_chunk *next;
     size_t meta_bytes;
     uint64_t *mark;
@@ -705,6 +766,7 @@ static pool_chunk *pool_chunk_new_locked(pool_def *p, int cls) {
     c->base = (uintptr_t)base;
     c->cls = (uint32_t)cls;
     c->class_bytes = cb;
+    c->shift = (uint32_t)__builtin_ctz(cb);
     c->capacity = cap;
     c->pool = p->kind;
     c->meta_bytes = mb;
@@ -747,7 +809,7 @@ static void *pool_alloc_locked(pool_def *p, int cls, size_t size, uintptr_t site
         c->bump++;
     }
     if (c) {
-        size_t idx = ((uintptr_t)raw - c->base) / c->class_bytes;
+        size_t idx = ((uintptr_t)raw - c->base) >> c->shift;
         if (idx < c->capacity) bit_set(c->bits, idx);
         c->live++;
     }
@@ -763,7 +825,7 @@ static void pool_free_locked(pool_def *p, void *ptr) {
         HAK_DBG("[hakmem] DEBUG: %s pool free: %p is in no %s chunk (ignored)\n", p->name, ptr, p->name);
         return;
     }
-    size_t idx = (raw - c->base) / c->class_bytes;
+    size_t idx = (raw - c->base) >> c->shift;
     if (idx < c->capacity) {
         if (!bit_get(c->bits, idx))
             HAK_DBG("[hakmem] DEBUG: %s pool free: block %p is not live (double free?)\n", p->name, ptr);
@@ -941,11 +1003,11 @@ static void stage_list(uint32_t mask, char *buf, size_t cap) {
 }
 
 /* Records the decision (thread's last, the ring, the counters) and prints the route-trace
- * line, before the action runs: if the action crashes, the line is already out. */
+ * line, before the action runs: if the action crashes, the line is already out. d is the
+ * thread's t_last itself (free_locked builds it there: one copy fewer per free). */
 static void decide(hak_free_decision *d, uint32_t route, uint32_t action) {
     d->route = route;
     d->action = action;
-    t_last = *d;
     t_has_last = 1;
     g_route_ring[g_route_ring_n++ % HAK_ROUTE_RING] = *d;
     g_stats.route_counts[route]++;
@@ -984,45 +1046,47 @@ static void libc_free_at_stage(void *p) {
 }
 
 static void free_locked(void *ptr) {
-    hak_free_decision d;
-    memset(&d, 0, sizeof d);
-    d.seq = ++g_free_seq;
-    d.ptr = (uintptr_t)ptr;
-    d.probe = HAK_PROBE_NOT_RUN;
-    d.probe_kind = (uint32_t)K.probe;
-    d.method = -1;
-    d.tid = cur_tid();
+    /* Built in place: t_last only ever holds a decision made (every path below decides before it
+     * acts), and only this thread reads it. */
+    hak_free_decision *d = &t_last;
+    memset(d, 0, sizeof *d);
+    d->seq = ++g_free_seq;
+    d->ptr = (uintptr_t)ptr;
+    d->probe = HAK_PROBE_NOT_RUN;
+    d->probe_kind = (uint32_t)K.probe;
+    d->method = -1;
+    d->tid = cur_tid();
     t_state.ptr = (uintptr_t)ptr;
-    t_state.seq = d.seq;
+    t_state.seq = d->seq;
     g_stats.frees++;
 
-    if (!ptr) { decide(&d, HAK_ROUTE_NULL, HAK_ACTION_NONE); return; }
+    if (!ptr) { decide(d, HAK_ROUTE_NULL, HAK_ACTION_NONE); return; }
 
     /* SS-first lookup */
-    d.stages_tried |= HAK_STAGE_SS;
+    d->stages_tried |= HAK_STAGE_SS;
     STAGE(HAK_AT_SS_LOOKUP);
     ss_meta *ss = reg_lookup(&g_ss_reg, (uintptr_t)ptr);
     if (ss) {
-        d.stages_hit |= HAK_STAGE_SS;
-        decide(&d, HAK_ROUTE_SS_HIT, HAK_ACTION_TINY_FREE);
+        d->stages_hit |= HAK_STAGE_SS;
+        decide(d, HAK_ROUTE_SS_HIT, HAK_ACTION_TINY_FREE);
         STAGE(HAK_AT_TINY_FREE);
         tiny_free_in_locked(ss, ptr);
         return;
     }
-    d.stages_tried |= HAK_STAGE_MID;
+    d->stages_tried |= HAK_STAGE_MID;
     STAGE(HAK_AT_MID_LOOKUP);
     if (reg_lookup(&g_mid_reg, (uintptr_t)ptr)) {
-        d.stages_hit |= HAK_STAGE_MID;
-        decide(&d, HAK_ROUTE_MID_HIT, HAK_ACTION_POOL_FREE);
+        d->stages_hit |= HAK_STAGE_MID;
+        decide(d, HAK_ROUTE_MID_HIT, HAK_ACTION_POOL_FREE);
         STAGE(HAK_AT_POOL_FREE);
         pool_free_locked(&g_mid, ptr);
         return;
     }
-    d.stages_tried |= HAK_STAGE_L25;
+    d->stages_tried |= HAK_STAGE_L25;
     STAGE(HAK_AT_L25_LOOKUP);
     if (reg_lookup(&g_l25_reg, (uintptr_t)ptr)) {
-        d.stages_hit |= HAK_STAGE_L25;
-        decide(&d, HAK_ROUTE_L25_HIT, HAK_ACTION_L25_FREE);
+        d->stages_hit |= HAK_STAGE_L25;
+        decide(d, HAK_ROUTE_L25_HIT, HAK_ACTION_L25_FREE);
         STAGE(HAK_AT_L25_FREE);
         pool_free_locked(&g_l25, ptr);
         return;
@@ -1031,34 +1095,34 @@ static void free_locked(void *ptr) {
     /* header path (the seed's lines 111-151) */
     void *raw = (char *)ptr - HAK_HEADER_SIZE;
     if (K.probe != HAK_PROBE_OFF) {
-        d.stages_tried |= HAK_STAGE_PROBE;
+        d->stages_tried |= HAK_STAGE_PROBE;
         STAGE(HAK_AT_PROBE);
         int readable = run_probe(K.probe, raw);
-        d.probe = readable ? HAK_PROBE_READABLE : HAK_PROBE_UNREADABLE;
-        if (readable) d.stages_hit |= HAK_STAGE_PROBE;
+        d->probe = readable ? HAK_PROBE_READABLE : HAK_PROBE_UNREADABLE;
+        if (readable) d->stages_hit |= HAK_STAGE_PROBE;
         if (!readable) {
             if (!K.mode_ldpreload && K.invalid_free_mode) {
-                decide(&d, HAK_ROUTE_UNMAPPED_HEADER_FALLBACK, HAK_ACTION_TINY_FREE);
+                decide(d, HAK_ROUTE_UNMAPPED_HEADER_FALLBACK, HAK_ACTION_TINY_FREE);
                 STAGE(HAK_AT_TINY_FREE);
                 tiny_free_public_locked(ptr);
                 return;
             }
-            decide(&d, HAK_ROUTE_UNMAPPED_HEADER_FALLBACK, HAK_ACTION_LIBC_FREE_PTR);
+            decide(d, HAK_ROUTE_UNMAPPED_HEADER_FALLBACK, HAK_ACTION_LIBC_FREE_PTR);
             libc_free_at_stage(ptr);
             return;
         }
     }
 
-    d.stages_tried |= HAK_STAGE_MAGIC;
+    d->stages_tried |= HAK_STAGE_MAGIC;
     STAGE(HAK_AT_MAGIC_READ);
     AllocHeader *hdr = (AllocHeader *)raw;
     uint32_t magic = *(volatile uint32_t *)&hdr->magic;
-    d.magic_found = magic;
+    d->magic_found = magic;
     if (magic != HAKMEM_MAGIC) {
         if (K.invalid_free_log) hak_log("[hakmem] ERROR: Invalid magic 0x%X (expected 0x%X)\n", magic, HAKMEM_MAGIC);
         reqtrace_dump_unlocked(ptr); /* the seed's hak_super_reg_reqtrace_dump(ptr); we hold the lock */
         if (!K.mode_ldpreload && K.invalid_free_mode) {
-            decide(&d, HAK_ROUTE_INVALID_MAGIC_TINY_RECOVERY, HAK_ACTION_TINY_FREE);
+            decide(d, HAK_ROUTE_INVALID_MAGIC_TINY_RECOVERY, HAK_ACTION_TINY_FREE);
             STAGE(HAK_AT_TINY_FREE);
             tiny_free_public_locked(ptr);
             return;
@@ -1069,14 +1133,14 @@ static void free_locked(void *ptr) {
                 hak_log("[hakmem] WARNING: Skipping free of invalid pointer %p (may leak memory)\n", ptr);
                 leak_warn = 1;
             }
-            decide(&d, HAK_ROUTE_INVALID_MAGIC_SKIP, HAK_ACTION_NONE);
+            decide(d, HAK_ROUTE_INVALID_MAGIC_SKIP, HAK_ACTION_NONE);
             return;
         }
-        decide(&d, HAK_ROUTE_INVALID_MAGIC_LIBC, HAK_ACTION_LIBC_FREE_PTR);
+        decide(d, HAK_ROUTE_INVALID_MAGIC_LIBC, HAK_ACTION_LIBC_FREE_PTR);
         libc_free_at_stage(ptr);
         return;
     }
-    d.stages_hit |= HAK_STAGE_MAGIC;
+    d->stages_hit |= HAK_STAGE_MAGIC;
 
     STAGE(HAK_AT_DISPATCH);
     size_t hsize = hdr->size, hclass = hdr->class_bytes;
@@ -1085,7 +1149,7 @@ static void free_locked(void *ptr) {
     if (K.feat_bigcache && hclass >= HAK_BIGCACHE_MIN) {
         STAGE(HAK_AT_BIGCACHE);
         if (g_bigcache_n < BIGCACHE_SLOTS) {
-            decide(&d, HAK_ROUTE_BIGCACHE, HAK_ACTION_BIGCACHE_PUT);
+            decide(d, HAK_ROUTE_BIGCACHE, HAK_ACTION_BIGCACHE_PUT);
             hak_bigcache_put(ptr, hsize, hsite);
             return;
         }
@@ -1093,58 +1157,58 @@ static void free_locked(void *ptr) {
     if (K.feat_bigcache_l25 && K.feat_bigcache && hsize >= HAK_BIGCACHE_L25_MIN && hsize < HAK_BIGCACHE_MIN) {
         STAGE(HAK_AT_BIGCACHE);
         if (g_bigcache_n < BIGCACHE_SLOTS) {
-            decide(&d, HAK_ROUTE_BIGCACHE_L25, HAK_ACTION_BIGCACHE_PUT);
+            decide(d, HAK_ROUTE_BIGCACHE_L25, HAK_ACTION_BIGCACHE_PUT);
             hak_bigcache_put(ptr, hsize, hsite);
             return;
         }
     }
-    d.stages_tried |= HAK_STAGE_METHOD;
-    d.method = (int32_t)method;
+    d->stages_tried |= HAK_STAGE_METHOD;
+    d->method = (int32_t)method;
     switch (method) {
     case ALLOC_METHOD_POOL:
-        d.stages_hit |= HAK_STAGE_METHOD;
+        d->stages_hit |= HAK_STAGE_METHOD;
         if (K.feat_pool) {
-            decide(&d, HAK_ROUTE_POOL_HDR, HAK_ACTION_POOL_FREE);
+            decide(d, HAK_ROUTE_POOL_HDR, HAK_ACTION_POOL_FREE);
             STAGE(HAK_AT_POOL_FREE);
             pool_free_locked(&g_mid, ptr);
             return;
         }
-        decide(&d, HAK_ROUTE_POOL_HDR_DISABLED, HAK_ACTION_NONE);
+        decide(d, HAK_ROUTE_POOL_HDR_DISABLED, HAK_ACTION_NONE);
         return;
     case ALLOC_METHOD_L25_POOL:
-        d.stages_hit |= HAK_STAGE_METHOD;
-        decide(&d, HAK_ROUTE_L25_HDR, HAK_ACTION_L25_FREE);
+        d->stages_hit |= HAK_STAGE_METHOD;
+        decide(d, HAK_ROUTE_L25_HDR, HAK_ACTION_L25_FREE);
         STAGE(HAK_AT_L25_FREE);
         pool_free_locked(&g_l25, ptr);
         return;
     case ALLOC_METHOD_MALLOC:
-        d.stages_hit |= HAK_STAGE_METHOD;
-        decide(&d, HAK_ROUTE_MALLOC_HDR, HAK_ACTION_LIBC_FREE_RAW);
+        d->stages_hit |= HAK_STAGE_METHOD;
+        decide(d, HAK_ROUTE_MALLOC_HDR, HAK_ACTION_LIBC_FREE_RAW);
         if (hm_del(&g_malloc, (uintptr_t)raw)) g_stats.malloc_live--;
         libc_free_at_stage(raw);
         return;
     case ALLOC_METHOD_MMAP:
-        d.stages_hit |= HAK_STAGE_METHOD;
+        d->stages_hit |= HAK_STAGE_METHOD;
         if (K.feat_batch && hsize >= HAK_BATCH_MIN_SIZE) {
-            decide(&d, HAK_ROUTE_MMAP_BATCH, HAK_ACTION_BATCH_ADD);
+            decide(d, HAK_ROUTE_MMAP_BATCH, HAK_ACTION_BATCH_ADD);
             STAGE(HAK_AT_BATCH);
             hak_batch_add(raw, hsize);
             return;
         }
         if (K.feat_whale && g_whale_n < WHALE_SLOTS) {
-            decide(&d, HAK_ROUTE_MMAP_WHALE, HAK_ACTION_WHALE_PUT);
+            decide(d, HAK_ROUTE_MMAP_WHALE, HAK_ACTION_WHALE_PUT);
             STAGE(HAK_AT_WHALE);
             hkm_whale_put(raw, hsize);
             return;
         }
-        decide(&d, HAK_ROUTE_MMAP_MUNMAP, HAK_ACTION_MUNMAP);
+        decide(d, HAK_ROUTE_MMAP_MUNMAP, HAK_ACTION_MUNMAP);
         STAGE(HAK_AT_MUNMAP);
         if (hm_get(&g_large, (uintptr_t)raw)) g_stats.mmap_live--;
         hkm_sys_munmap(raw, hclass);
         return;
     default:
         hak_log("[hakmem] ERROR: Unknown allocation method: %d\n", (int)method);
-        decide(&d, HAK_ROUTE_UNKNOWN_METHOD, HAK_ACTION_NONE);
+        decide(d, HAK_ROUTE_UNKNOWN_METHOD, HAK_ACTION_NONE);
         return;
     }
 }
@@ -1437,12 +1501,10 @@ static int pool_owner(pool_def *p, uintptr_t a, hak_owner_info *o) {
     return 1;
 }
 
-HAK_API int hak_owner(const void *addr, hak_owner_info *o) {
-    ensure_init();
+/* hak_owner's answer; the lock is held. */
+static void owner_locked(uintptr_t a, hak_owner_info *o) {
     memset(o, 0, sizeof *o);
     o->class_index = -1;
-    uintptr_t a = (uintptr_t)addr;
-    LOCK();
     ss_meta *m = ss_find_locked(a);
     if (m) {
         o->kind = HAK_OWNER_TINY;
@@ -1457,10 +1519,9 @@ HAK_API int hak_owner(const void *addr, hak_owner_info *o) {
             o->block_size = m->block_size;
             o->state = bit_get(m->bits, idx) ? HAK_BLOCK_LIVE : HAK_BLOCK_FREE;
         }
-        UNLOCK();
-        return HAK_OK;
+        return;
     }
-    if (pool_owner(&g_mid, a, o) || pool_owner(&g_l25, a, o)) { UNLOCK(); return HAK_OK; }
+    if (pool_owner(&g_mid, a, o) || pool_owner(&g_l25, a, o)) return;
     /* large mappings and MALLOC blocks: exact pointer first, then a scan for interior addresses */
     uintptr_t raw = a - HAK_HEADER_SIZE;
     void *exact = hm_get(&g_large, raw);
@@ -1476,8 +1537,7 @@ HAK_API int hak_owner(const void *addr, hak_owner_info *o) {
         o->block_ptr = a;
         o->block_size = h->class_bytes - (a - start);
         o->state = (long)exact == LG_LIVE ? HAK_BLOCK_LIVE : HAK_BLOCK_CACHED;
-        UNLOCK();
-        return HAK_OK;
+        return;
     }
     HM_FOREACH(&g_large, i) {
         uintptr_t k = g_large.keys[i];
@@ -1493,8 +1553,7 @@ HAK_API int hak_owner(const void *addr, hak_owner_info *o) {
             o->block_ptr = k + HAK_HEADER_SIZE;
             o->block_size = h->class_bytes - (k + HAK_HEADER_SIZE - start);
             o->state = v == LG_LIVE ? HAK_BLOCK_LIVE : HAK_BLOCK_CACHED;
-            UNLOCK();
-            return HAK_OK;
+            return;
         }
     }
     uintptr_t hit = 0;
@@ -1517,8 +1576,53 @@ HAK_API int hak_owner(const void *addr, hak_owner_info *o) {
         o->block_size = h->size;
         o->state = HAK_BLOCK_LIVE;
     }
+}
+
+HAK_API int hak_owner(const void *addr, hak_owner_info *o) {
+    ensure_init();
+    LOCK();
+    owner_locked((uintptr_t)addr, o);
     UNLOCK();
     return HAK_OK;
+}
+
+/* hak_owner_kind: the same answer as hak_owner's kind and (state LIVE, block_ptr == addr),
+ * with the common cases - a block's own pointer in a SuperSlab, a pool chunk, a large mapping
+ * or a MALLOC block - answered without building a hak_owner_info. */
+static int pool_kind(const pool_def *p, uintptr_t a, uint32_t *out) {
+    const pool_chunk *c = hm_get(&p->all, a & ~(uintptr_t)(p->chunk_size - 1));
+    if (!c) return 0;
+    size_t idx = (a - c->base) >> c->shift;
+    int live = idx < c->bump && bit_get(c->bits, idx) && c->base + ((uintptr_t)idx << c->shift) + HAK_HEADER_SIZE == a;
+    *out = p->owner | (live ? HAK_OWNER_LIVE_BLOCK : 0u);
+    return 1;
+}
+
+static uint32_t owner_kind_locked(uintptr_t a) {
+    const ss_meta *m = ss_find_locked(a);
+    if (m) {
+        size_t idx = (a - m->base) >> m->shift;
+        int live = idx < m->bump && bit_get(m->bits, idx) && m->base + ((uintptr_t)idx << m->shift) == a;
+        return HAK_OWNER_TINY | (live ? HAK_OWNER_LIVE_BLOCK : 0u);
+    }
+    uint32_t k;
+    if (pool_kind(&g_mid, a, &k) || pool_kind(&g_l25, a, &k)) return k;
+    uintptr_t raw = a - HAK_HEADER_SIZE;
+    void *exact = hm_get(&g_large, raw);
+    if (exact) return HAK_OWNER_MMAP | ((long)exact == LG_LIVE ? HAK_OWNER_LIVE_BLOCK : 0u);
+    /* a MALLOC block is libc memory, never inside one of our mappings: no scan can claim it */
+    if (hm_get(&g_malloc, raw)) return HAK_OWNER_MALLOC | HAK_OWNER_LIVE_BLOCK;
+    hak_owner_info o;
+    owner_locked(a, &o);
+    return o.kind | (o.state == HAK_BLOCK_LIVE && o.block_ptr == a ? HAK_OWNER_LIVE_BLOCK : 0u);
+}
+
+HAK_API uint32_t hak_owner_kind(const void *addr) {
+    ensure_init();
+    LOCK();
+    uint32_t k = owner_kind_locked((uintptr_t)addr);
+    UNLOCK();
+    return k;
 }
 
 HAK_API hak_free_state *hak_debug_free_state(void) { return &t_state; }

@@ -7,6 +7,12 @@
 
 /* The current binding (hfd_bind_*); its alloc slot is NULL while unbound. */
 const hfd_vtable *hfd__vtable(void);
+/* The bound library's hak_owner_kind (hakmem.h), NULL if it has none or the binding is not a
+ * library; only set together with the vtable's owner. */
+typedef uint32_t (*hfd_owner_kind_fn)(const void *addr);
+hfd_owner_kind_fn hfd__owner_kind(void);
+/* hfd_set_event_index's variable, written directly by the replay loop. */
+extern __thread volatile uint64_t hfd__t_event_index;
 /* Sets the calling thread's hfd_last_error() message; returns code. */
 int hfd__set_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* 1 while hfd_install_crash_handler() is in force (replay threads then get an alternate stack). */

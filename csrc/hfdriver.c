@@ -52,6 +52,9 @@ HFD_API const char *hfd_last_error(void) { return g_err; }
 
 static hfd_vtable g_vt;
 static int g_binding = HFD_BOUND_NONE;
+/* hak_owner_kind, outside the vtable (a public struct): the replay's oracle uses it when the
+ * bound library has it, and hak_owner otherwise. */
+static hfd_owner_kind_fn g_owner_kind;
 
 /* Optional symbols, in vtable order, with the hak_ name a library must export. */
 struct opt_sym {
@@ -111,9 +114,12 @@ HFD_API int hfd_bind_library(const char *path) {
     set_slot(&vt, offsetof(hfd_vtable, alloc), req[0]);
     set_slot(&vt, offsetof(hfd_vtable, free), req[1]);
     for (size_t i = 0; i < N_OPTIONAL; i++) set_slot(&vt, k_optional[i].offset, dlsym(h, k_optional[i].name));
+    void *ok = dlsym(h, "hak_owner_kind");
     /* The previous library's handle is deliberately kept open: blocks it handed out may
      * still be live, and unloading an allocator under them would turn frees into crashes. */
     g_vt = vt;
+    memcpy(&g_owner_kind, &ok, sizeof ok);
+    if (!g_vt.owner) g_owner_kind = NULL;   /* hak_owner_kind stands in for hak_owner, never alone */
     g_binding = HFD_BOUND_HAKMEM;
     g_err[0] = '\0';
     return HFD_OK;
@@ -136,6 +142,7 @@ HFD_API int hfd_bind_libc(void) {
     vt.realloc = libc_realloc;
     vt.memalign = libc_memalign;
     g_vt = vt;
+    g_owner_kind = NULL;
     g_binding = HFD_BOUND_LIBC;
     g_err[0] = '\0';
     return HFD_OK;
@@ -146,6 +153,7 @@ HFD_API int hfd_bind_table(const hfd_vtable *table) {
     if (!table->alloc) return set_error(HFD_ENOSYM, "hfd_bind_table: required entry alloc (hak_alloc_at) is NULL");
     if (!table->free) return set_error(HFD_ENOSYM, "hfd_bind_table: required entry free (hak_free_at) is NULL");
     g_vt = *table;
+    g_owner_kind = NULL;
     g_binding = HFD_BOUND_TABLE;
     g_err[0] = '\0';
     return HFD_OK;
@@ -154,6 +162,8 @@ HFD_API int hfd_bind_table(const hfd_vtable *table) {
 HFD_API int hfd_binding(void) { return g_binding; }
 
 const hfd_vtable *hfd__vtable(void) { return &g_vt; }
+
+hfd_owner_kind_fn hfd__owner_kind(void) { return g_owner_kind; }
 
 /* Like snprintf: returns the full length (without the NUL) even when cap is too small. */
 HFD_API size_t hfd_missing_symbols(char *buf, size_t cap) {
@@ -192,14 +202,14 @@ static const int k_crash_signals[] = {SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE};
 
 static hfd_crash_record *volatile g_rec;
 /* Per thread: a crash on a replay thread reports the event that thread was running. */
-static __thread volatile uint64_t t_event_index = UINT64_MAX;
+__thread volatile uint64_t hfd__t_event_index = UINT64_MAX;
 static struct sigaction g_old_actions[N_CRASH_SIGNALS];
 static stack_t g_old_stack;
 static void *g_alt_stack;
 static size_t g_alt_stack_size;
 static int g_installed;
 
-HFD_API void hfd_set_event_index(uint64_t index) { t_event_index = index; }
+HFD_API void hfd_set_event_index(uint64_t index) { hfd__t_event_index = index; }
 
 int hfd__crash_handler_installed(void) { return g_installed; }
 
@@ -301,7 +311,7 @@ static void crash_handler(int signo, siginfo_t *si, void *uctx) {
             }
         }
     }
-    uint64_t event = t_event_index;
+    uint64_t event = hfd__t_event_index;
     if (rec) {
         rec->version = HFD_ABI_VERSION;
         rec->signo = signo;

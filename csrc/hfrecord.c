@@ -6,6 +6,11 @@
  * (format and ordering rules: hfrecord.h); `hakmem-forensics record` sets this up and turns
  * the logs into traces. Without HFRECORD_DIR every call passes straight through.
  *
+ * Interposed: malloc, calloc, realloc, reallocarray, free, memalign, posix_memalign,
+ * aligned_alloc, valloc, pvalloc, malloc_usable_size (recorded); fork (recorded in the parent:
+ * the child's log starts from its parent's heap); exec*, _exit, _Exit (the buffers are
+ * written out first). Fatal signals left at their default get a handler that does the same.
+ *
  * What it must never do: allocate (it lives inside malloc), hold a lock while calling
  * something that may allocate or take the loader's lock, or change errno. Calls go to the
  * next definition in the lookup order (dlsym RTLD_NEXT: libc, or an allocator preloaded
@@ -57,6 +62,7 @@ typedef int (*execve_fn)(const char *, char *const[], char *const[]);
 typedef int (*execv_fn)(const char *, char *const[]);
 typedef int (*fexecve_fn)(int, char *const[], char *const[]);
 typedef void (*exit_fn)(int);
+typedef pid_t (*fork_fn)(void);
 
 static struct {
     malloc_fn malloc;
@@ -76,6 +82,7 @@ static struct {
     fexecve_fn fexecve;
     exit_fn _exit;
     exit_fn _Exit;
+    fork_fn fork;
 } real;
 
 enum { RESOLVE_NONE, RESOLVE_BUSY, RESOLVE_DONE };
@@ -136,6 +143,7 @@ static int ensure_resolved(void) {
     real.fexecve = (fexecve_fn)dlsym(RTLD_NEXT, "fexecve");
     real._exit = (exit_fn)dlsym(RTLD_NEXT, "_exit");
     real._Exit = (exit_fn)dlsym(RTLD_NEXT, "_Exit");
+    real.fork = (fork_fn)dlsym(RTLD_NEXT, "fork");
     t_resolving = 0;
     if (!real.malloc || !real.free || !real.calloc || !real.realloc || !real.memalign) {
         static const char msg[] = "libhfrecord: cannot find the real malloc family (dlsym RTLD_NEXT)\n";
@@ -170,6 +178,7 @@ static uint64_t g_tail = HFREC_HEADER_SIZE;   /* next free chunk slot */
 static uint64_t g_maps_off;
 static unsigned long long g_adds_seen;
 static int g_exiting;              /* after the exit destructor: write every record through */
+static int g_forked;               /* this image is a forked child: its heap is its parent's */
 static tbuf *g_threads;
 static pthread_mutex_t g_open_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t g_list_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -324,6 +333,7 @@ static int log_open_locked(void) {
     h->start_clock = h->start_mono_ns;
 #endif
     h->generation = gen;
+    h->flags = g_forked ? HFREC_FLAG_FORKED : 0;
     h->pointer_size = sizeof(void *);
     h->page_size = (uint32_t)sysconf(_SC_PAGESIZE);
     ssize_t n = readlink("/proc/self/exe", h->exe, sizeof h->exe - 1);
@@ -612,6 +622,7 @@ static void atfork_child(void) {
     g_next_thread = 1;
     g_multi = 0;
     g_exiting = 0;
+    g_forked = 1;
     g_log_state = LOG_UNOPENED;
     pthread_mutex_init(&g_open_lock, NULL);
     pthread_mutex_init(&g_snap_lock, NULL);
@@ -904,6 +915,25 @@ EXPORT int fexecve(int fd, char *const argv[], char *const envp[]) {
     exec_failed();
     errno = e;
     return rc;
+}
+
+/* The parent notes each child it forks: the child's log starts with the heap it inherited,
+ * which the converter rebuilds from the parent's records up to this one. */
+EXPORT pid_t fork(void) {
+    ensure_resolved();
+    if (!real.fork) {
+        errno = ENOSYS;
+        return -1;
+    }
+    pid_t pid = real.fork();
+    if (pid > 0 && !PASS_THROUGH()) {
+        int e = errno;
+        t_in_hook = 1;
+        emit(HFREC_FORK, (uint64_t)pid, 0, 0, SITE());
+        t_in_hook = 0;
+        errno = e;
+    }
+    return pid;
 }
 
 /* _exit skips the destructors that write the buffers out (a forked child's usual way out). */

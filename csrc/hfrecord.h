@@ -59,6 +59,7 @@ enum hfrec_op {
     HFREC_USABLE_SIZE = 11,     /* ret = malloc_usable_size(a) */
     HFREC_THREAD_END = 12,      /* the thread is exiting (its last TSD destructor round) */
     HFREC_MAPS = 13,            /* a snapshot: a = byte offset in the .maps file, b = its length */
+    HFREC_FORK = 14,            /* fork() returned ret = the child's pid (the child inherits the heap) */
     HFREC_OP_COUNT
 };
 
@@ -92,6 +93,7 @@ typedef struct hfrec_chunk {
 #define HFREC_FLAG_EXITED 1u    /* header.flags: the process ran its exit-time destructors */
 #define HFREC_FLAG_EXEC 2u      /* it called exec() (the next generation continues the story) */
 #define HFREC_FLAG_SIGNAL 4u    /* it died of header.signal (a fatal signal left at its default) */
+#define HFREC_FLAG_FORKED 8u    /* this image is a forked child (not exec'd since): it inherited the heap */
 
 /* The header page, written when the log is opened; flags and signal again at the end. */
 typedef struct hfrec_header {

@@ -184,6 +184,34 @@ static int apply_record(obj_ent *t, uint32_t nobj, const hft_record *r, uint64_t
     }
 }
 
+/* apply_record for the two events that make up most traces, when valid: a malloc of an object
+ * that is not live, a free of one that is (or of NULL). 1 if done (same effect as apply_record),
+ * 0 to let apply_record check (and explain) everything else. */
+static inline int apply_common(obj_ent *t, uint32_t nobj, const hft_record *r, uint64_t i, uint64_t deps[2]) {
+    uint32_t id = r->obj;
+    if (id > nobj || r->obj2 > nobj) return 0;
+    if (r->op == HFT_OP_MALLOC) {
+        obj_ent *e = &t[id];
+        if (!id || is_live(e)) return 0;
+        deps[0] = last_of(e);
+        deps[1] = NO_EVENT;
+        e->vstate = VS_LIVE;
+        e->last1 = i + 1;
+        return 1;
+    }
+    if (r->op == HFT_OP_FREE) {
+        deps[0] = deps[1] = NO_EVENT;
+        if (!id) return 1;   /* free(NULL) */
+        obj_ent *e = &t[id];
+        if (!is_live(e)) return 0;
+        deps[0] = last_of(e);
+        e->vstate = VS_FREED;
+        e->last1 = i + 1;
+        return 1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------ trace header */
 
 typedef struct trace_view {
@@ -287,6 +315,7 @@ typedef struct tchain {        /* the incarnations of one trace tid */
 
 typedef struct replay_ctx {
     hfd_vtable vt;
+    hfd_owner_kind_fn owner_kind;   /* the library's hak_owner_kind, or NULL: then vt.owner() */
     int binding;
     int judge;                 /* the oracle may call vt.owner() */
     uint64_t check_every;
@@ -324,6 +353,7 @@ static uint64_t g_check_from = 0, g_check_to = UINT64_MAX;
 
 static void ctx_setup(replay_ctx *c, const hfd_vtable *vt, int binding, const hfr_options *opts) {
     c->vt = *vt;
+    c->owner_kind = vt->owner ? hfd__owner_kind() : NULL;
     c->binding = binding;
     c->judge = opts->judge && vt->owner != NULL;
     c->check_every = vt->debug_check ? opts->check_every : 0;
@@ -342,6 +372,10 @@ static uint8_t owner_at_alloc(const replay_ctx *c, void *p, int from_libc) {
     if (!p) return HAK_OWNER_NONE;
     if (from_libc || c->binding == HFD_BOUND_LIBC) return HFR_OWNER_LIBC;
     if (!c->judge) return HFR_OWNER_UNKNOWN;
+    if (c->owner_kind) {
+        uint32_t k = c->owner_kind(p) & HAK_OWNER_KIND_MASK;
+        return k > HAK_OWNER_MALLOC ? HFR_OWNER_UNKNOWN : (uint8_t)k;
+    }
     hak_owner_info o;
     if (c->vt.owner(p, &o) != 0 || o.kind > HAK_OWNER_MALLOC) return HFR_OWNER_UNKNOWN;
     return (uint8_t)o.kind;
@@ -351,6 +385,10 @@ static uint8_t owner_at_alloc(const replay_ctx *c, void *p, int from_libc) {
  * (its SuperSlab was released early, an earlier bad free took it, ...). */
 static int lost_before_free(const replay_ctx *c, uintptr_t p, uint8_t owner) {
     if (!c->judge || !p || owner < HAK_OWNER_TINY || owner > HAK_OWNER_MALLOC) return 0;
+    if (c->owner_kind) {
+        uint32_t k = c->owner_kind((const void *)p);
+        return (k & HAK_OWNER_KIND_MASK) != owner || !(k & HAK_OWNER_LIVE_BLOCK);
+    }
     hak_owner_info o;
     if (c->vt.owner((const void *)p, &o) != 0) return 0;
     return o.kind != owner || o.state != HAK_BLOCK_LIVE || o.block_ptr != p;
@@ -435,30 +473,36 @@ static void *do_calloc(const replay_ctx *c, uint64_t nmemb, uint64_t size, uintp
 
 /* The replay of one event, shared by hfd_replay and hfd_step. r was validated against the
  * object table. While it runs the record says STARTED with outcome CRASHED (what stays in
- * the result file if the process dies here); it ends DONE with the real outcome. */
-static void exec_event(replay_ctx *c, const hft_record *r, uint64_t i, hfr_event *ev) {
+ * the result file if the process dies here); it ends DONE with the real outcome. The record is
+ * built on the stack and stored whole, twice. seen: the seq of the calling thread's last free
+ * decision, kept by the caller across the events it runs (the loop's threads make every call
+ * into the allocator themselves); NULL: ask the allocator (the stepping path, whose caller may
+ * free in between). */
+static void exec_event(replay_ctx *c, const hft_record *r, uint64_t i, hfr_event *ev, uint64_t *seen) {
     obj_ent *o = r->obj ? &c->objs[r->obj] : NULL;
     obj_ent *o2 = r->obj2 ? &c->objs[r->obj2] : NULL;
     uintptr_t site = (uintptr_t)r->site;
     hak_free_decision dbuf;
     const hak_free_decision *d = NULL;
     uint8_t owner = HAK_OWNER_NONE, outcome = HFR_OUT_NONE;
+    hfr_event e;
 
-    hfd_set_event_index(i);
-    memset(ev, 0, sizeof *ev);
-    ev->probe = HAK_PROBE_NOT_RUN;
-    ev->method = -1;
-    ev->outcome = HFR_OUT_CRASHED;
+    hfd__t_event_index = i;
+    memset(&e, 0, sizeof e);
+    e.probe = HAK_PROBE_NOT_RUN;
+    e.method = -1;
+    e.outcome = HFR_OUT_CRASHED;
+    e.status = HFR_EV_STARTED;
     switch (r->op) {   /* the pointer handed to free, visible while the event runs */
     case HFT_OP_FREE:
     case HFT_OP_FREE_LIBC:
-    case HFT_OP_DOUBLE_FREE: ev->ptr = o ? o->ptr : 0; ev->owner = o ? o->owner : HAK_OWNER_NONE; break;
-    case HFT_OP_FREE_INTERIOR: ev->ptr = o->ptr + (uintptr_t)r->arg; ev->owner = o->owner; break;
-    case HFT_OP_FREE_RAW: ev->ptr = (uint64_t)r->arg; break;
-    case HFT_OP_REALLOC: ev->ptr = o2 ? o2->ptr : 0; ev->owner = o2 ? o2->owner : HAK_OWNER_NONE; break;
+    case HFT_OP_DOUBLE_FREE: e.ptr = o ? o->ptr : 0; e.owner = o ? o->owner : HAK_OWNER_NONE; break;
+    case HFT_OP_FREE_INTERIOR: e.ptr = o->ptr + (uintptr_t)r->arg; e.owner = o->owner; break;
+    case HFT_OP_FREE_RAW: e.ptr = (uint64_t)r->arg; break;
+    case HFT_OP_REALLOC: e.ptr = o2 ? o2->ptr : 0; e.owner = o2 ? o2->owner : HAK_OWNER_NONE; break;
     default: break;
     }
-    __atomic_store_n(&ev->status, (uint8_t)HFR_EV_STARTED, __ATOMIC_RELEASE);
+    *ev = e;   /* STARTED; the allocator call below cannot be moved above this store */
 
     switch (r->op) {
     case HFT_OP_MALLOC:
@@ -473,14 +517,14 @@ static void exec_event(replay_ctx *c, const hft_record *r, uint64_t i, hfr_event
         owner = owner_at_alloc(c, p, r->op == HFT_OP_LIBC_MALLOC);
         o->ptr = (uintptr_t)p;
         o->owner = owner;
-        ev->ptr = (uintptr_t)p;
+        e.ptr = (uintptr_t)p;
         break;
     }
     case HFT_OP_REALLOC: {
         uintptr_t old = o2 ? o2->ptr : 0;
         uint8_t old_owner = o2 ? o2->owner : HAK_OWNER_NONE;
         int lost = lost_before_free(c, old, old_owner);
-        uint64_t before = decision_seq(c);
+        uint64_t before = seen ? *seen : decision_seq(c);
         void *p = c->vt.realloc((void *)old, (size_t)r->size, site);
         d = new_decision(c, before, &dbuf);
         if (o) {
@@ -490,9 +534,9 @@ static void exec_event(replay_ctx *c, const hft_record *r, uint64_t i, hfr_event
         } else {
             owner = old_owner;
         }
-        ev->ptr = (uintptr_t)p;
+        e.ptr = (uintptr_t)p;
         if (d) {
-            fill_decision(ev, d);
+            fill_decision(&e, d);
             outcome = judge_free(c, old, d, lost, old_owner);
         } else if (old && !c->vt.last_free_decision && (p || r->size == 0)) {
             outcome = judge_free(c, old, NULL, lost, old_owner);   /* libc: the old block went back */
@@ -504,29 +548,33 @@ static void exec_event(replay_ctx *c, const hft_record *r, uint64_t i, hfr_event
         uintptr_t p = o ? o->ptr : 0;
         owner = o ? o->owner : HAK_OWNER_NONE;
         int lost = lost_before_free(c, p, owner);
-        uint64_t before = decision_seq(c);
+        uint64_t before = seen ? *seen : decision_seq(c);
         c->vt.free((void *)p, 0, site);
         d = new_decision(c, before, &dbuf);
-        if (d) fill_decision(ev, d);
+        if (d) fill_decision(&e, d);
         outcome = judge_free(c, p, d, lost, owner);
         break;
     }
     case HFT_OP_FREE_INTERIOR:
     case HFT_OP_DOUBLE_FREE:
     case HFT_OP_FREE_RAW: {
-        uintptr_t p = (uintptr_t)ev->ptr;
+        uintptr_t p = (uintptr_t)e.ptr;
         if (r->op != HFT_OP_FREE_RAW) {
             owner = o->owner;
         } else {
             owner = HFR_OWNER_UNKNOWN;   /* no object: say who owns the address, if we can ask */
             hak_owner_info oi;
-            if (c->judge && c->vt.owner((const void *)p, &oi) == 0 && oi.kind <= HAK_OWNER_MALLOC)
+            if (c->judge && c->owner_kind) {
+                uint32_t k = c->owner_kind((const void *)p) & HAK_OWNER_KIND_MASK;
+                if (k <= HAK_OWNER_MALLOC) owner = (uint8_t)k;
+            } else if (c->judge && c->vt.owner((const void *)p, &oi) == 0 && oi.kind <= HAK_OWNER_MALLOC) {
                 owner = (uint8_t)oi.kind;
+            }
         }
-        uint64_t before = decision_seq(c);
+        uint64_t before = seen ? *seen : decision_seq(c);
         c->vt.free((void *)p, 0, site);
         d = new_decision(c, before, &dbuf);
-        if (d) fill_decision(ev, d);
+        if (d) fill_decision(&e, d);
         outcome = judge_forensic(d);
         break;
     }
@@ -537,9 +585,11 @@ static void exec_event(replay_ctx *c, const hft_record *r, uint64_t i, hfr_event
     default:   /* thread_end */
         break;
     }
-    ev->owner = owner;
-    ev->outcome = outcome;
-    __atomic_store_n(&ev->status, (uint8_t)HFR_EV_DONE, __ATOMIC_SEQ_CST);   /* pairs with wait_done */
+    if (d && seen) *seen = d->seq;
+    e.owner = owner;
+    e.outcome = outcome;
+    *ev = e;   /* still STARTED: DONE goes last */
+    __atomic_store_n(&ev->status, (uint8_t)HFR_EV_DONE, __ATOMIC_RELEASE);   /* a threaded run_one fences after it */
 }
 
 /* The consistency check after event i (every check_every events counted from check_from,
@@ -605,12 +655,20 @@ static int wait_done(replay_ctx *c, uint64_t e) {
     }
 }
 
-static void run_one(replay_ctx *c, uint64_t i, int threaded) {
+/* seen: the calling thread's last decision seq (exec_event). Serially, event i is the
+ * (i+1)th done; on threads the count is shared, and the DONE store must be visible before
+ * wake_waiters reads the waiter count (wait_done's side of the handshake). */
+static void run_one(replay_ctx *c, uint64_t i, int threaded, uint64_t *seen) {
     hfr_event *ev = &c->events[i];
-    exec_event(c, &c->recs[i], i, ev);
-    __atomic_fetch_add(&c->res->events_done, 1, __ATOMIC_SEQ_CST);
-    if (threaded) wake_waiters(c);
-    check_after(c, i, ev);
+    exec_event(c, &c->recs[i], i, ev, seen);
+    if (threaded) {
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        __atomic_fetch_add(&c->res->events_done, 1, __ATOMIC_SEQ_CST);
+        wake_waiters(c);
+    } else {
+        __atomic_store_n(&c->res->events_done, i + 1, __ATOMIC_RELEASE);
+    }
+    if (c->check_every) check_after(c, i, ev);
 }
 
 static void *worker(void *arg);
@@ -663,7 +721,7 @@ static void *worker(void *arg) {
     if (s->has_pred) pthread_join(s->pred, NULL);
     hfd_set_event_index(NO_EVENT);
     if (c->vt.debug_free_state) (void)c->vt.debug_free_state();
-    else if (c->vt.last_free_decision) { hak_free_decision d; (void)c->vt.last_free_decision(&d); }
+    uint64_t seen = decision_seq(c);   /* also touches the allocator's thread state */
     /* Threads do not inherit the alternate signal stack; the crash handler needs one. */
     stack_t old_ss = {.ss_sp = NULL, .ss_flags = SS_DISABLE, .ss_size = 0};
     int alt_set = 0;
@@ -676,7 +734,7 @@ static void *worker(void *arg) {
         uint64_t i = c->order[s->start + k];
         if (__atomic_load_n(&c->abort, __ATOMIC_SEQ_CST)) break;
         if (wait_done(c, c->deps[2 * i]) || wait_done(c, c->deps[2 * i + 1])) break;
-        run_one(c, i, 1);
+        run_one(c, i, 1, &seen);
     }
     hfd_set_event_index(NO_EVENT);
     if (alt_set) {
@@ -866,7 +924,9 @@ static int validate_records(const trace_view *tv, obj_ent *t, uint64_t *deps, ui
     for (uint64_t i = 0; i < tv->n; i++) {
         const hft_record *r = &tv->recs[i];
         uint64_t dd[2];
-        if (apply_record(t, tv->nobj, r, i, why, dd) != 0) {
+        if (apply_common(t, tv->nobj, r, i, dd)) {
+            /* done: a valid malloc or free */
+        } else if (apply_record(t, tv->nobj, r, i, why, dd) != 0) {
             snprintf(msg, cap, "event %llu (byte offset %llu): %s", (unsigned long long)i,
                      (unsigned long long)byte_offset(tv, i), why);
             return HFD_EINVAL;
@@ -992,7 +1052,8 @@ HFD_API int hfd_replay(const void *trace, uint64_t len, hfr_header *res, hfr_eve
     if (!threaded) {
         res->threads_used = 1;
         uint64_t end = opts->limit && opts->limit < tv.n ? opts->limit : tv.n;
-        for (uint64_t i = 0; i < end; i++) run_one(c, i, 0);
+        uint64_t seen = decision_seq(c);
+        for (uint64_t i = 0; i < end; i++) run_one(c, i, 0, &seen);
         hfd_set_event_index(NO_EVENT);
     } else {
         res->threads_used = c->nslots;
@@ -1072,7 +1133,7 @@ HFD_API int hfd_step(const hft_record *rec, uint64_t index, hfr_event *out) {
     uint64_t deps[2];
     if (apply_record(g_step.objs, g_step.nobj, rec, index, why, deps) != 0)
         return hfd__set_error(HFD_EINVAL, "event %llu: %s", (unsigned long long)index, why);
-    exec_event(&g_step, rec, index, out);
+    exec_event(&g_step, rec, index, out, NULL);
     int failed_before = g_step.check_seen;
     check_after(&g_step, index, out);
     hfd_set_event_index(NO_EVENT);

@@ -1372,6 +1372,7 @@ class TraceOutput:
     note: str = ""
     symbolized: int = 0  # sites with a function name
     sites: int = 0  # distinct call sites
+    inherited: int = 0  # recorder: blocks a forked child got from its parent (malloc events first)
 
 
 @dataclass

@@ -6,7 +6,9 @@ records merged across threads by timestamp, addresses turned into objects by the
 AddressMapper the importers use, call sites kept, the memory map kept in the header as
 ``# meta map=`` lines, and the sites symbolized (``# meta site=``) while the binaries are
 still there. The main process's trace is the output file; other processes (forks, exec'd
-images) get ``NAME.<pid>[-<gen>]SUFFIX`` next to it.
+images) get ``NAME.<pid>[-<gen>]SUFFIX`` next to it. A forked child's trace starts with the
+blocks it inherited from its parent (rebuilt from the parent's records up to its fork
+record), so its frees of them are ordinary frees.
 """
 
 from __future__ import annotations
@@ -55,14 +57,14 @@ _RECORD = struct.Struct("<BBHIQQQQQ")  # op, flags, reserved, reserved2, ts, ret
 assert _RECORD.size == RECORD_SIZE
 
 (R_MALLOC, R_CALLOC, R_REALLOC_BEGIN, R_REALLOC_END, R_MEMALIGN, R_POSIX_MEMALIGN, R_ALIGNED_ALLOC, R_VALLOC,
- R_PVALLOC, R_FREE, R_USABLE_SIZE, R_THREAD_END, R_MAPS) = range(1, 14)
+ R_PVALLOC, R_FREE, R_USABLE_SIZE, R_THREAD_END, R_MAPS, R_FORK) = range(1, 15)
 RAW_OP_NAMES = {
     R_MALLOC: "malloc", R_CALLOC: "calloc", R_REALLOC_BEGIN: "realloc", R_REALLOC_END: "realloc_end",
     R_MEMALIGN: "memalign", R_POSIX_MEMALIGN: "posix_memalign", R_ALIGNED_ALLOC: "aligned_alloc",
     R_VALLOC: "valloc", R_PVALLOC: "pvalloc", R_FREE: "free", R_USABLE_SIZE: "malloc_usable_size",
-    R_THREAD_END: "thread_end", R_MAPS: "maps",
+    R_THREAD_END: "thread_end", R_MAPS: "maps", R_FORK: "fork",
 }
-FLAG_EXITED, FLAG_EXEC, FLAG_SIGNAL = 1, 2, 4
+FLAG_EXITED, FLAG_EXEC, FLAG_SIGNAL, FLAG_FORKED = 1, 2, 4, 8
 _DIRECT_INDEX = (1 << 64) - 1
 
 
@@ -94,6 +96,11 @@ class RawLog:
     @property
     def maps_path(self) -> Path:
         return self.path.with_suffix(MAPS_SUFFIX)
+
+    @property
+    def forked(self) -> bool:
+        """A forked child (that has not exec'd): it started with its parent's heap."""
+        return bool(self.flags & FLAG_FORKED)
 
     @property
     def ending(self) -> str:
@@ -218,24 +225,69 @@ class _Pass1:
     raw_counts: Counter = field(default_factory=Counter)
     sites: set[int] = field(default_factory=set)
     snapshots: list[tuple[int, int]] = field(default_factory=list)
+    forks: list[int] = field(default_factory=list)  # child pids
 
 
 def _scan(chunks: _Chunks) -> _Pass1:
     info = _Pass1()
     counts = info.raw_counts
     site_set = info.sites
-    for _ts, _thread, op, _ret, a, b, site in chunks.iter_unordered():
+    for _ts, _thread, op, ret, a, b, site in chunks.iter_unordered():
         counts[op] += 1
+        if op == R_MAPS:
+            info.snapshots.append((a, b))
+        elif op == R_FORK:
+            info.forks.append(ret)
+            continue  # its site is fork()'s caller, not an allocator call site
         if site:
             site_set.add(site)
-        elif op == R_MAPS:
-            info.snapshots.append((a, b))
     info.snapshots.sort()
     return info
 
 
+def list_forks(log: RawLog) -> list[int]:
+    """The pids of the children a process image forked (its fork records)."""
+    chunks = _Chunks(log)
+    try:
+        return [ret for _ts, _t, op, ret, _a, _b, _s in chunks.iter_unordered() if op == R_FORK]
+    finally:
+        chunks.close()
+
+
+def inherited_blocks(parent: RawLog, child_pid: int) -> list[tuple[int, int]] | None:
+    """(address, size) of the blocks live in parent when it forked child_pid, in allocation
+    order; None if parent has no fork record for that child."""
+    chunks = _Chunks(parent)
+    live: dict[int, int] = {}
+    pending: dict[int, tuple[int, int] | None] = {}
+    try:
+        for _ts, thread, op, ret, a, b, _site in chunks.iter_merged():
+            if op == R_FREE:
+                live.pop(a, None)
+            elif op == R_FORK:
+                if ret == child_pid:
+                    return list(live.items())
+            elif op == R_REALLOC_BEGIN:
+                pending[thread] = (a, live.pop(a)) if a in live else None
+            elif op == R_REALLOC_END:
+                old = pending.pop(thread, None)
+                if ret:
+                    live[ret] = b
+                elif b and old is not None:  # failed: the old block stays
+                    live[old[0]] = old[1]
+            elif ret and op in (R_MALLOC, R_MEMALIGN, R_POSIX_MEMALIGN, R_ALIGNED_ALLOC, R_VALLOC):
+                live[ret] = b
+            elif ret and op == R_CALLOC:
+                live[ret] = a * b
+            elif ret and op == R_PVALLOC:
+                live[ret] = ((b + a - 1) // a) * a if a else b
+        return None
+    finally:
+        chunks.close()
+
+
 def _header_for(log: RawLog, chunks: _Chunks, maps: list[model.MappedFile], site_infos: dict[int, model.SiteInfo],
-                modules: dict[str, str | None]) -> TraceHeader:
+                modules: dict[str, str | None], inherited: int | None) -> TraceHeader:
     started = datetime.fromtimestamp(log.start_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     meta: list[tuple[str, object]] = [
         ("source", "record"),
@@ -250,6 +302,9 @@ def _header_for(log: RawLog, chunks: _Chunks, maps: list[model.MappedFile], site
     ]
     if log.dropped:
         meta.append(("dropped_records", log.dropped))
+    if inherited is not None:
+        meta.append(("inherited_blocks", f"{inherited} (live in pid {log.ppid} when it forked this process: "
+                                         "malloc events at the start, without a site)"))
     for thread, tid in sorted(chunks.tids().items()):
         meta.append(("thread", f"{thread} tid={tid}"))
     meta += sites.format_map_meta(maps, modules)
@@ -265,8 +320,12 @@ def convert_raw_log(
     cache_dir: Path | None = None,
     binary: bool | None = None,
     progress: Callable[[int], None] | None = None,
+    inherited: list[tuple[int, int]] | None = None,
 ) -> model.TraceOutput:
-    """Turn one raw log into a trace (see the module docstring). Partial output is removed on error."""
+    """Turn one raw log into a trace (see the module docstring). Partial output is removed on error.
+
+    inherited: the (address, size) blocks a forked child got from its parent (inherited_blocks):
+    allocated at the start of the trace, so the child's frees of them are ordinary frees."""
     log = raw if isinstance(raw, RawLog) else read_raw_log(raw)
     chunks = _Chunks(log)
     try:
@@ -277,11 +336,11 @@ def convert_raw_log(
         site_infos: dict[int, model.SiteInfo] = {}
         if symbolize and scan.sites:
             site_infos = sites.symbolize(sorted(scan.sites), maps, cache_dir=cache_dir)
-        header = _header_for(log, chunks, maps, site_infos, modules)
+        header = _header_for(log, chunks, maps, site_infos, modules, None if inherited is None else len(inherited))
         threads = sorted(chunks.by_thread)
         next_tid = (max(threads) if threads else 0) + 1
         with open_writer(output, header, binary=binary) as writer:
-            stats = _convert(chunks, writer, next_tid, progress)
+            stats = _convert(chunks, writer, next_tid, progress, inherited or [])
         return model.TraceOutput(
             path=str(output),
             pid=log.pid,
@@ -295,6 +354,7 @@ def convert_raw_log(
             findings=stats["findings"],
             finding_count=stats["finding_count"],
             calls={RAW_OP_NAMES[k]: v for k, v in sorted(scan.raw_counts.items()) if k not in (R_MAPS, R_REALLOC_END)},
+            inherited=len(inherited or []),
             note=log.ending,
             symbolized=sum(1 for s in site_infos.values() if s.function),
             sites=len(scan.sites),
@@ -308,8 +368,12 @@ def convert_raw_log(
 THREAD_END_GRACE = 50_000_000
 
 
-def _convert(chunks: _Chunks, writer, next_tid: int, progress: Callable[[int], None] | None) -> dict:
+def _convert(chunks: _Chunks, writer, next_tid: int, progress: Callable[[int], None] | None,
+             inherited: list[tuple[int, int]]) -> dict:
     mapper = AddressMapper()
+    first = min(chunks.by_thread, default=1)
+    for addr, size in inherited:
+        mapper.alloc(first, OP_MALLOC, addr, size, 0, 0, size)
     trace_tid: dict[int, int] = {}  # thread serial -> trace tid of its current lifetime
     pending_end: dict[int, int] = {}  # thread serial -> ts of its thread_end, not yet written
     ended: set[int] = set()  # serials that had a trace tid (so a new lifetime needs a new tid)
@@ -466,10 +530,19 @@ def run_record(
         logs = sorted((read_raw_log(p) for p in work.glob(f"*{RAW_SUFFIX}")), key=lambda lg: (lg.start_ns, lg.pid, lg.generation))
         outputs: list[model.TraceOutput] = []
         main_done = False
+        parents: dict[int, RawLog] = {}  # child pid -> the image that forked it
+        for log in logs:
+            for child in list_forks(log):
+                parents.setdefault(child, log)
         for log in logs:
             is_main = log.pid == proc.pid and log.generation == 0
             target = output_name(out, log.pid, log.generation, is_main)
-            outputs.append(convert_raw_log(log, target, symbolize=symbolize, cache_dir=cache_dir, binary=binary))
+            inherited = None
+            parent = parents.get(log.pid)
+            if parent is not None and log.forked:
+                inherited = inherited_blocks(parent, log.pid)
+            outputs.append(convert_raw_log(log, target, symbolize=symbolize, cache_dir=cache_dir, binary=binary,
+                                           inherited=inherited))
             main_done |= is_main
         if not main_done:  # the program never called the allocator (or could not start)
             header = TraceHeader.build(meta=[("source", "record"), ("command", sites.one_line(shlex.join(command))),

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 from forensics import elf, model
 from forensics.errors import BadInputError
 from forensics.trace import TraceHeader, open_trace, open_writer, sniff
-from forensics.trace.records import FIRST_LINE, META_PREFIX, OP_NAMES
+from forensics.trace.records import META_PREFIX, OP_NAMES
 
 CACHE_VERSION = 1
 ENV_CACHE = "HAKMEM_FORENSICS_CACHE"
@@ -356,7 +356,6 @@ def get_site_table(trace: str | os.PathLike[str]) -> tuple[TraceHeader, list[Sit
 
 
 __all__ = [
-    "FIRST_LINE",
     "SiteStat",
     "default_cache_dir",
     "format_map_meta",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,7 +21,7 @@ EPILOG_NOTE = (
 
 
 def record(
-    command: Annotated[list[str], typer.Argument(metavar="-- CMD ARGS...", help="The program to record and its arguments (put them after --).", show_default=False)],
+    command: Annotated[list[str], typer.Argument(metavar="CMD ARGS...", help="The program to record and its arguments, after -- (everything after the program's name is its own).", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", metavar="TRACE", help="Trace to write: .htb is binary, anything else text.")],
     keep_raw: Annotated[Optional[Path], typer.Option("--keep-raw", metavar="DIR", help="Keep the recorder's raw logs in DIR (default: a scratch directory next to TRACE, removed).")] = None,
     symbolize: Annotated[bool, typer.Option("--symbolize/--no-symbolize", help="Symbolize call sites (function, file:line) while the binaries are there.")] = True,
@@ -45,6 +46,8 @@ def record(
         cache_dir=None if no_cache else sites.default_cache_dir(),
         binary=binary or None,
         timeout=timeout,
+        # with --json -, stdout is the JSON document's: the program writes to stderr instead
+        stdout=_stderr_fd() if json_out == "-" else None,
     )
     site_maps, top_sites = _sites_of(result.outputs, top)
     if json_out is not None:
@@ -52,6 +55,13 @@ def record(
         if json_out == "-":
             return
     capture.render_record(result, make_console(), sites=site_maps, top_sites=top_sites, top=top)
+
+
+def _stderr_fd() -> int | None:
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stderr (tests): leave stdout alone
+        return None
 
 
 def _sites_of(outputs, top: int):

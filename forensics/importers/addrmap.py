@@ -27,18 +27,16 @@ from bisect import bisect_left, bisect_right, insort
 
 from forensics.model import AddressFinding
 from forensics.trace.records import (
-    OP_CALLOC,
     OP_DOUBLE_FREE,
     OP_FREE,
     OP_FREE_INTERIOR,
     OP_FREE_RAW,
     OP_MALLOC,
-    OP_MEMALIGN,
     OP_REALLOC,
     OP_THREAD_END,
 )
 
-DEFAULT_FREED_LIMIT = 1 << 20
+DEFAULT_FREED_LIMIT = 1 << 18  # ~40 MB at most; valgrind keeps 20 MB of freed blocks
 MAX_FINDINGS = 1000
 
 

@@ -6,8 +6,9 @@
  *   record_prog badfree   ok, then an interior free, a double free and a wild free
  *                         (for valgrind, which reports them instead of aborting)
  *   record_prog abort     ok, then an interior free: glibc aborts the process on it
- *   record_prog forkexec  a forked child makes CHILD_ALLOCS malloc/free pairs and _exit()s;
- *                         then the program execs itself with "ok"
+ *   record_prog forkexec  a forked child makes CHILD_ALLOCS malloc/free pairs, frees a block its
+ *                         parent allocated before the fork, and _exit()s; then the program
+ *                         execs itself with "ok"
  *
  * The counts of the calls made from this file's own code in `ok` mode are exported as const
  * symbols (rec_expected_*), by trace op: posix_memalign, aligned_alloc and valloc are
@@ -43,6 +44,7 @@ const uint32_t rec_expected_free = (MAIN_MALLOCS + 2 + ALIGNED) + 1 + NTHREADS *
                                    NTHREADS * (WORKER_MALLOCS + WORKER_CALLOCS + ALIGNED - HANDED);
 const uint32_t rec_expected_usable_size = 1;
 const uint32_t rec_child_mallocs = CHILD_ALLOCS;
+const uint32_t rec_child_frees = CHILD_ALLOCS + 1;   /* its own blocks and the inherited one */
 const uint32_t rec_interior_offset = 16;
 
 static void *handed[NTHREADS][HANDED];
@@ -99,13 +101,16 @@ static void bad_frees(int all) {
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "ok";
     if (strcmp(mode, "forkexec") == 0) {
+        void *before_fork = malloc(48);
         pid_t pid = fork();
         if (pid == 0) {
             void *p[CHILD_ALLOCS];
             for (int i = 0; i < CHILD_ALLOCS; i++) p[i] = malloc(32);   /* LINE:child_malloc */
             for (int i = 0; i < CHILD_ALLOCS; i++) free(p[i]);
+            free(before_fork);   /* LINE:inherited_free */
             _exit(0);
         }
+        free(before_fork);
         int status;
         waitpid(pid, &status, 0);
         execl("/proc/self/exe", argv[0], "ok", (char *)NULL);
