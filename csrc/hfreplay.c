@@ -474,7 +474,8 @@ static void *do_calloc(const replay_ctx *c, uint64_t nmemb, uint64_t size, uintp
 /* The replay of one event, shared by hfd_replay and hfd_step. r was validated against the
  * object table. While it runs the record says STARTED with outcome CRASHED (what stays in
  * the result file if the process dies here); it ends DONE with the real outcome. The record is
- * built on the stack and stored whole, twice. seen: the seq of the calling thread's last free
+ * written field by field (a whole-struct copy from the stack stalls on store forwarding after
+ * the byte fields are set). seen: the seq of the calling thread's last free
  * decision, kept by the caller across the events it runs (the loop's threads make every call
  * into the allocator themselves); NULL: ask the allocator (the stepping path, whose caller may
  * free in between). */
@@ -485,24 +486,30 @@ static void exec_event(replay_ctx *c, const hft_record *r, uint64_t i, hfr_event
     hak_free_decision dbuf;
     const hak_free_decision *d = NULL;
     uint8_t owner = HAK_OWNER_NONE, outcome = HFR_OUT_NONE;
-    hfr_event e;
+    uintptr_t fptr = 0;   /* the pointer handed to free, visible while the event runs */
+    uint8_t fowner = HAK_OWNER_NONE;
 
     hfd__t_event_index = i;
-    memset(&e, 0, sizeof e);
-    e.probe = HAK_PROBE_NOT_RUN;
-    e.method = -1;
-    e.outcome = HFR_OUT_CRASHED;
-    e.status = HFR_EV_STARTED;
-    switch (r->op) {   /* the pointer handed to free, visible while the event runs */
+    switch (r->op) {
     case HFT_OP_FREE:
     case HFT_OP_FREE_LIBC:
-    case HFT_OP_DOUBLE_FREE: e.ptr = o ? o->ptr : 0; e.owner = o ? o->owner : HAK_OWNER_NONE; break;
-    case HFT_OP_FREE_INTERIOR: e.ptr = o->ptr + (uintptr_t)r->arg; e.owner = o->owner; break;
-    case HFT_OP_FREE_RAW: e.ptr = (uint64_t)r->arg; break;
-    case HFT_OP_REALLOC: e.ptr = o2 ? o2->ptr : 0; e.owner = o2 ? o2->owner : HAK_OWNER_NONE; break;
+    case HFT_OP_DOUBLE_FREE: fptr = o ? o->ptr : 0; fowner = o ? o->owner : HAK_OWNER_NONE; break;
+    case HFT_OP_FREE_INTERIOR: fptr = o->ptr + (uintptr_t)r->arg; fowner = o->owner; break;
+    case HFT_OP_FREE_RAW: fptr = (uint64_t)r->arg; break;
+    case HFT_OP_REALLOC: fptr = o2 ? o2->ptr : 0; fowner = o2 ? o2->owner : HAK_OWNER_NONE; break;
     default: break;
     }
-    *ev = e;   /* STARTED; the allocator call below cannot be moved above this store */
+    /* STARTED; the allocator call below cannot be moved above these stores */
+    ev->ptr = fptr;
+    ev->seq = 0;
+    ev->route = ev->action = ev->stages_tried = ev->stages_hit = 0;
+    ev->probe = HAK_PROBE_NOT_RUN;
+    ev->magic_found = 0;
+    ev->method = -1;
+    ev->owner = fowner;
+    ev->outcome = HFR_OUT_CRASHED;
+    ev->check_failed = 0;
+    __atomic_store_n(&ev->status, (uint8_t)HFR_EV_STARTED, __ATOMIC_RELEASE);
 
     switch (r->op) {
     case HFT_OP_MALLOC:
@@ -517,7 +524,7 @@ static void exec_event(replay_ctx *c, const hft_record *r, uint64_t i, hfr_event
         owner = owner_at_alloc(c, p, r->op == HFT_OP_LIBC_MALLOC);
         o->ptr = (uintptr_t)p;
         o->owner = owner;
-        e.ptr = (uintptr_t)p;
+        ev->ptr = (uintptr_t)p;
         break;
     }
     case HFT_OP_REALLOC: {
@@ -534,9 +541,9 @@ static void exec_event(replay_ctx *c, const hft_record *r, uint64_t i, hfr_event
         } else {
             owner = old_owner;
         }
-        e.ptr = (uintptr_t)p;
+        ev->ptr = (uintptr_t)p;
         if (d) {
-            fill_decision(&e, d);
+            fill_decision(ev, d);
             outcome = judge_free(c, old, d, lost, old_owner);
         } else if (old && !c->vt.last_free_decision && (p || r->size == 0)) {
             outcome = judge_free(c, old, NULL, lost, old_owner);   /* libc: the old block went back */
@@ -551,14 +558,14 @@ static void exec_event(replay_ctx *c, const hft_record *r, uint64_t i, hfr_event
         uint64_t before = seen ? *seen : decision_seq(c);
         c->vt.free((void *)p, 0, site);
         d = new_decision(c, before, &dbuf);
-        if (d) fill_decision(&e, d);
+        if (d) fill_decision(ev, d);
         outcome = judge_free(c, p, d, lost, owner);
         break;
     }
     case HFT_OP_FREE_INTERIOR:
     case HFT_OP_DOUBLE_FREE:
     case HFT_OP_FREE_RAW: {
-        uintptr_t p = (uintptr_t)e.ptr;
+        uintptr_t p = fptr;
         if (r->op != HFT_OP_FREE_RAW) {
             owner = o->owner;
         } else {
@@ -574,7 +581,7 @@ static void exec_event(replay_ctx *c, const hft_record *r, uint64_t i, hfr_event
         uint64_t before = seen ? *seen : decision_seq(c);
         c->vt.free((void *)p, 0, site);
         d = new_decision(c, before, &dbuf);
-        if (d) fill_decision(&e, d);
+        if (d) fill_decision(ev, d);
         outcome = judge_forensic(d);
         break;
     }
@@ -586,9 +593,8 @@ static void exec_event(replay_ctx *c, const hft_record *r, uint64_t i, hfr_event
         break;
     }
     if (d && seen) *seen = d->seq;
-    e.owner = owner;
-    e.outcome = outcome;
-    *ev = e;   /* still STARTED: DONE goes last */
+    ev->owner = owner;
+    ev->outcome = outcome;
     __atomic_store_n(&ev->status, (uint8_t)HFR_EV_DONE, __ATOMIC_RELEASE);   /* a threaded run_one fences after it */
 }
 
@@ -976,7 +982,9 @@ static int replay_fail(hfr_header *res, int code, const char *msg) {
     return hfd__set_error(code, "%s", msg);
 }
 
-HFD_API int hfd_replay(const void *trace, uint64_t len, hfr_header *res, hfr_event *events, const hfr_options *opts) {
+/* zeroed: the caller guarantees events is all zero bytes (hfd_replay_zeroed). */
+static int replay_impl(const void *trace, uint64_t len, hfr_header *res, hfr_event *events, const hfr_options *opts,
+                       int zeroed) {
     if (!res) return hfd__set_error(HFD_EINVAL, "hfd_replay: result header is NULL");
     memcpy(res->magic, HFR_MAGIC, sizeof res->magic);
     res->version = HFR_VERSION;
@@ -1023,7 +1031,9 @@ HFD_API int hfd_replay(const void *trace, uint64_t len, hfr_header *res, hfr_eve
      * leave half a replay behind. */
     uint32_t ops_used = 0;
     uint64_t first_use[HFT_OP_COUNT];
+    struct timespec dbg0, dbg1; clock_gettime(CLOCK_MONOTONIC, &dbg0);
     rc = validate_records(&tv, c->objs, c->deps, &ops_used, first_use, msg, sizeof msg);
+    clock_gettime(CLOCK_MONOTONIC, &dbg1); if (getenv("HF_DBG_VT")) fprintf(stderr, "inner validate %.3f\n", (dbg1.tv_sec-dbg0.tv_sec)+(dbg1.tv_nsec-dbg0.tv_nsec)*1e-9);
     if (rc != HFD_OK) goto out;
     for (uint8_t op = 1; op < HFT_OP_COUNT; op++) {
         const char *sym;
@@ -1042,7 +1052,7 @@ HFD_API int hfd_replay(const void *trace, uint64_t len, hfr_header *res, hfr_eve
         if (opts->limit) threaded = 0;      /* an inspection: serial, up to the limit */
     }
     memset(c->objs, 0, sizeof(obj_ent) * ((size_t)tv.nobj + 1));
-    if (tv.n) memset(events, 0, sizeof(hfr_event) * tv.n);
+    if (tv.n && !zeroed) memset(events, 0, sizeof(hfr_event) * tv.n);
     res->num_events = tv.n;
     if (opts->check_every && !c->vt.debug_check)
         snprintf(res->error, sizeof res->error,
@@ -1074,6 +1084,15 @@ out:
     __atomic_store_n(&res->state, (uint32_t)HFR_STATE_DONE, __ATOMIC_SEQ_CST);
     hfd__set_error(HFD_OK, "%s", "");
     return HFD_OK;
+}
+
+HFD_API int hfd_replay(const void *trace, uint64_t len, hfr_header *res, hfr_event *events, const hfr_options *opts) {
+    return replay_impl(trace, len, res, events, opts, 0);
+}
+
+HFD_API int hfd_replay_zeroed(const void *trace, uint64_t len, hfr_header *res, hfr_event *events,
+                              const hfr_options *opts) {
+    return replay_impl(trace, len, res, events, opts, 1);
 }
 
 /* ---------------------------------------------------------------- stepping */

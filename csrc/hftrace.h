@@ -157,6 +157,13 @@ typedef struct hfr_summary {
  * (HFD_ESYS). With status DONE, res->error may hold a "note: ..." (e.g. no debug check). */
 HFD_API int hfd_replay(const void *trace, uint64_t len, hfr_header *res, hfr_event *events, const hfr_options *opts);
 
+/* hfd_replay for an event array the caller guarantees is all zero bytes (a fresh mapping, a
+ * file just created or hole-punched): the replay does not clear it first, so each result
+ * record is written where it is first touched instead of after a pass over the whole array
+ * (on a 10M-event trace, 480 MB less to write and to fetch back). Otherwise identical. */
+HFD_API int hfd_replay_zeroed(const void *trace, uint64_t len, hfr_header *res, hfr_event *events,
+                              const hfr_options *opts);
+
 /* The same validation without replaying (no binding needed): HFD_OK, or HFD_EINVAL with the
  * message in hfd_last_error(). */
 HFD_API int hfd_trace_validate(const void *trace, uint64_t len);

@@ -481,8 +481,12 @@ def explain_result(saved, *, events: Iterable[int] = (), addrs: Iterable[int] = 
     from forensics.inspect import inspect_event
 
     geometry = get_geometry(None if saved.config.libc else saved.config.lib)
+    from forensics.sites import get_sites
+    from forensics.trace import read_header
+
     tf = saved.trace
-    history = History(tf.get_records_bytes(), saved.events)
+    sites = {addr: info.describe() for addr, info in get_sites(read_header(saved.trace_path)).items()}
+    history = History(tf.get_records_bytes(), saved.events, sites)
     crash = saved.get_crash()
     knobs = saved.knobs
     threaded = saved.config.threads and tf.num_threads > 1

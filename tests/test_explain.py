@@ -252,3 +252,24 @@ def test_html_of_the_segv_fixture_renders_in_headless_chromium(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
     assert (width, height) == (1000, 1400)
+
+
+def test_symbolized_sites_appear_in_provenance_and_stay_inert_in_html(tmp_path):
+    """A site name from the trace header (`# meta site=...`) names the allocating call; markup in it is text."""
+    trace = tmp_path / "sites.trace"
+    evil = "<script>alert(1)</script>"
+    trace.write_text(
+        "# hakmem-trace v1\n"
+        "# knob HAKMEM_SS_REG_CAPACITY=1\n"
+        f"# meta site=0x401a2f {evil.replace(' ', '%20')} app.c:12 ?\n"
+        "1 malloc 1 16 @0x401a2f\n"
+        "1 malloc 2 1024 @0x401a2f\n"
+        "1 free 2\n"
+    )
+    page = tmp_path / "x.html"
+    res = runner.invoke(app, ["explain", str(trace), "--event", "2", "--json", "-", "--html", str(page)])
+    assert res.exit_code == 0, res.output
+    (e,) = json.loads(res.stdout)["explanations"]
+    assert f"site {evil} (app.c:12)" in e["provenance"]["text"]
+    html_text = page.read_text()
+    assert evil not in html_text and "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
