@@ -1002,28 +1002,33 @@ static void stage_list(uint32_t mask, char *buf, size_t cap) {
     if (!o) snprintf(buf, cap, "-");
 }
 
+__attribute__((noinline, cold)) static void route_trace_line(hak_free_decision d) {
+    char tried[48], hit[48], magic[16], method[16];
+    stage_list(d.stages_tried, tried, sizeof tried);
+    stage_list(d.stages_hit, hit, sizeof hit);
+    if (d.stages_tried & HAK_STAGE_MAGIC) snprintf(magic, sizeof magic, "0x%X", d.magic_found);
+    else snprintf(magic, sizeof magic, "-");
+    if (d.method >= 0) snprintf(method, sizeof method, "%d", d.method);
+    else snprintf(method, sizeof method, "-");
+    hak_log("[hakmem-route] seq=%llu tid=%llu ptr=0x%lx route=%s action=%s tried=%s hit=%s probe=%s magic=%s method=%s\n",
+            (unsigned long long)d.seq, (unsigned long long)d.tid, (unsigned long)d.ptr, k_route_names[d.route],
+            k_action_names[d.action], tried, hit,
+            d.probe == HAK_PROBE_NOT_RUN ? "-" : d.probe ? "readable" : "unreadable", magic, method);
+}
+
 /* Records the decision (thread's last, the ring, the counters) and prints the route-trace
- * line, before the action runs: if the action crashes, the line is already out. d is the
- * thread's t_last itself (free_locked builds it there: one copy fewer per free). */
-static void decide(hak_free_decision *d, uint32_t route, uint32_t action) {
+ * line, before the action runs: if the action crashes, the line is already out. Inlined into
+ * free_locked, whose d never has its address taken, so the decision lives in registers and is
+ * stored field by field: copying it out of memory right after its narrow fields were written
+ * would stall on store forwarding, twice per free. */
+static inline __attribute__((always_inline)) void decide(hak_free_decision *d, uint32_t route, uint32_t action) {
     d->route = route;
     d->action = action;
+    t_last = *d;
     t_has_last = 1;
     g_route_ring[g_route_ring_n++ % HAK_ROUTE_RING] = *d;
     g_stats.route_counts[route]++;
-    if (K.route_trace) {
-        char tried[48], hit[48], magic[16], method[16];
-        stage_list(d->stages_tried, tried, sizeof tried);
-        stage_list(d->stages_hit, hit, sizeof hit);
-        if (d->stages_tried & HAK_STAGE_MAGIC) snprintf(magic, sizeof magic, "0x%X", d->magic_found);
-        else snprintf(magic, sizeof magic, "-");
-        if (d->method >= 0) snprintf(method, sizeof method, "%d", d->method);
-        else snprintf(method, sizeof method, "-");
-        hak_log("[hakmem-route] seq=%llu tid=%llu ptr=0x%lx route=%s action=%s tried=%s hit=%s probe=%s magic=%s method=%s\n",
-                (unsigned long long)d->seq, (unsigned long long)d->tid, (unsigned long)d->ptr, k_route_names[route],
-                k_action_names[action], tried, hit,
-                d->probe == HAK_PROBE_NOT_RUN ? "-" : d->probe ? "readable" : "unreadable", magic, method);
-    }
+    if (K.route_trace) route_trace_line(*d);
 }
 
 static int run_probe(long kind, void *raw) {
@@ -1046,16 +1051,15 @@ static void libc_free_at_stage(void *p) {
 }
 
 static void free_locked(void *ptr) {
-    /* Built in place: t_last only ever holds a decision made (every path below decides before it
-     * acts), and only this thread reads it. */
-    hak_free_decision *d = &t_last;
-    memset(d, 0, sizeof *d);
-    d->seq = ++g_free_seq;
-    d->ptr = (uintptr_t)ptr;
-    d->probe = HAK_PROBE_NOT_RUN;
-    d->probe_kind = (uint32_t)K.probe;
-    d->method = -1;
-    d->tid = cur_tid();
+    hak_free_decision dd = {
+        .seq = ++g_free_seq,
+        .ptr = (uintptr_t)ptr,
+        .probe = HAK_PROBE_NOT_RUN,
+        .probe_kind = (uint32_t)K.probe,
+        .method = -1,
+        .tid = cur_tid(),
+    };
+    hak_free_decision *d = &dd;   /* decide() is inlined: dd stays in registers */
     t_state.ptr = (uintptr_t)ptr;
     t_state.seq = d->seq;
     g_stats.frees++;
@@ -1453,7 +1457,21 @@ HAK_API void hak_get_geometry(hak_geometry *g) {
 
 HAK_API int hak_last_free_decision(hak_free_decision *out) {
     if (!t_has_last) return set_error(HAK_EINVAL, "this thread has freed nothing yet");
-    *out = t_last;
+    /* Field by field: t_last was just stored that way (decide), and the replay asks right after
+     * every free; wide loads over those narrow stores would stall on store forwarding (volatile
+     * keeps the compiler from merging the loads again). */
+    const volatile hak_free_decision *d = &t_last;
+    out->seq = d->seq;
+    out->ptr = d->ptr;
+    out->route = d->route;
+    out->action = d->action;
+    out->stages_tried = d->stages_tried;
+    out->stages_hit = d->stages_hit;
+    out->probe = d->probe;
+    out->probe_kind = d->probe_kind;
+    out->magic_found = d->magic_found;
+    out->method = d->method;
+    out->tid = d->tid;
     return HAK_OK;
 }
 

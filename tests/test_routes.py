@@ -20,7 +20,7 @@ from forensics.errors import EXIT_BAD_INPUT
 from forensics.trace import convert
 
 REPO_ROOT = Path(forensics.__file__).resolve().parent.parent
-FIXTURES = REPO_ROOT / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"  # the checkout's, not the installed package's
 
 SS0, SS1, MID = 0x7F0000000000, 0x7F0000100000, 0x7F0000200020
 
