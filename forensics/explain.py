@@ -311,11 +311,16 @@ _REG_OF_OWNER = {OwnerKind.TINY: "ss", OwnerKind.MID: "mid", OwnerKind.L25: "l25
 
 def explain_event(history: History, event: model.EventResult, insp: Inspection, geometry: Geometry, knobs: dict[str, str], crash: model.CrashRecord | None = None) -> Explanation:
     """The explanation of one event from the history before it and the heap as it met it."""
-    ptr = insp.target or event.ptr
+    # Two address spaces meet here: the saved run's (the history: event.ptr) and the inspection's
+    # (the heap facts: insp.target). A serial replay puts them at the same place; where they
+    # differ (threads, libc's own heap), history speaks of `ptr`, heap facts of `live`.
+    ptr = event.ptr or insp.target or 0
+    live = insp.target or ptr
     prov = history.provenance(ptr, event.index) if ptr else Provenance(0, "none", 0, None, event.index, "the event frees no pointer")
-    owner_ptr = insp.get_owner(ptr)
-    hdr_addr = ptr - geometry.header_size if ptr else 0
+    owner_ptr = insp.get_owner(live)
+    hdr_addr = live - geometry.header_size if live else 0
     owner_hdr = insp.get_owner(hdr_addr)
+    saved_hdr = ptr - geometry.header_size if ptr else 0
     d = event.decision
     stages: list[Finding] = []
     causes: list[Finding] = []
@@ -334,7 +339,7 @@ def explain_event(history: History, event: model.EventResult, insp: Inspection, 
             if ok:
                 stages.append(Finding(f"{name}: hit", severity="ok"))
             elif stage == home:
-                why = _registry_findings(history, insp, owner_ptr, stage, geometry, knobs, ptr)
+                why = _registry_findings(history, insp, owner_ptr, stage, geometry, knobs, live)
                 stages.append(Finding(f"{name}: MISSED, though this is a {event.owner.value} block", severity="bad"))
                 stages.extend(why)
                 causes.extend(f for f in why if f.severity == "bad")
@@ -367,7 +372,7 @@ def explain_event(history: History, event: model.EventResult, insp: Inspection, 
 
     header = None
     if insp.dump_base is not None and ptr and (d is None or model.FreeStep.MAGIC in d.tried or (crash and crash.event_index == event.index)):
-        header = HeaderDump(insp.dump_base, insp.dump, hdr_addr, geometry.header_size, geometry.magic, d.magic_found if d else None, _owner_text(owner_hdr), history.provenance(hdr_addr, event.index))
+        header = HeaderDump(insp.dump_base, insp.dump, hdr_addr, geometry.header_size, geometry.magic, d.magic_found if d else None, _owner_text(owner_hdr), history.provenance(saved_hdr, event.index))
 
     placement = None
     if crash is not None and crash.event_index == event.index:
@@ -376,8 +381,8 @@ def explain_event(history: History, event: model.EventResult, insp: Inspection, 
         placement = CrashPlacement(crash.signal_name, crash.fault_address, crash.ptr, crash.stage_name, f"{crash.signal_name} in {crash.stage_name}: fault address {text}", excerpt)
 
     # the chain of causes, oldest first
-    causes.extend(_forensic_causes(history, event, prov, ptr, hdr_addr, geometry))
-    if prov.block is not None and owner_ptr is not None and owner_ptr.region_base == ptr and event.owner is OwnerKind.TINY:
+    causes.extend(_forensic_causes(history, event, prov, ptr, saved_hdr, geometry))
+    if prov.block is not None and owner_ptr is not None and owner_ptr.region_base == live and event.owner is OwnerKind.TINY:
         causes.append(Finding(f"obj {prov.block.obj} was allocated at event #{prov.block.alloc_event} at {ptr:#x}, the first byte of SuperSlab {ptr:#x}: its ptr - {geometry.header_size} lies outside the SuperSlab", prov.text, prov.block.alloc_event, "warn"))
     if d is not None or placement is not None:
         misses = [s for s in tried if s in ("ss", "mid", "l25") and s not in hit]
