@@ -349,6 +349,16 @@ HAK_API int hak_owner(const void *addr, hak_owner_info *out);     /* HAK_OK; kin
 #define HAK_OWNER_LIVE_BLOCK 0x100u
 #define HAK_OWNER_KIND_MASK 0xffu
 HAK_API uint32_t hak_owner_kind(const void *addr);
+/* The same two questions folded into the calls they follow or precede, so that the oracle costs
+ * no lookup (and no second trip through the lock) on the common paths:
+ * hak_alloc_owner_kind: hak_owner_kind(ptr) as it stood when the calling thread's last
+ *   allocation returned ptr (hak_owner_kind(ptr) now, for any other pointer). Asked right after
+ *   malloc/calloc/memalign: on one thread nothing can have changed in between; on several, the
+ *   answer of a query made together with the allocation. Not after realloc (it frees too).
+ * hak_free_owner_kind_at: hak_free_at(ptr, size, site), returning hak_owner_kind(ptr) as it stood
+ *   just before the free, under the same lock. */
+HAK_API uint32_t hak_alloc_owner_kind(const void *ptr);
+HAK_API uint32_t hak_free_owner_kind_at(void *ptr, size_t size, uintptr_t site);
 HAK_API hak_free_state *hak_debug_free_state(void);               /* calling thread's state */
 HAK_API void hak_get_stats(hak_stats *out);
 /* Walks free lists, registries and headers. HAK_OK, or HAK_ECHECK with the first broken

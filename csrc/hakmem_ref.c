@@ -97,6 +97,27 @@ static __thread hak_free_state t_state;
 static __thread hak_free_decision t_last;
 static __thread int t_has_last;
 
+/* The calling thread's last allocation and hak_owner_kind's answer for it, good while
+ * g_heap_gen has not moved. Every free bumps it, and only a free changes what owns a live block
+ * or its state (an early-released SuperSlab, a munmap, a block freed from another thread are
+ * all frees), so right after an allocation - where the replay's oracle asks - the answer needs
+ * no lookup. ptr 0: nothing cached (the allocation was not a plain block start). */
+static uint64_t g_heap_gen;   /* written under the lock; hak_owner_kind reads it without */
+static __thread struct {
+    uintptr_t ptr;
+    uint64_t gen;
+    uint32_t kind;
+} t_alloc;
+
+/* Under the lock: one writer, so a plain increment published with a release store. */
+static inline void heap_gen_bump(void) { __atomic_store_n(&g_heap_gen, g_heap_gen + 1, __ATOMIC_RELEASE); }
+
+static inline void note_alloc(uintptr_t p, uint32_t kind) {
+    t_alloc.ptr = p;
+    t_alloc.gen = g_heap_gen;
+    t_alloc.kind = kind;
+}
+
 __attribute__((format(printf, 2, 3))) static int set_error(int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -621,6 +642,7 @@ static ss_meta *ss_new_locked(uint32_t cls) {
 }
 
 static void ss_release_locked(ss_meta *m) {
+    heap_gen_bump();
     if (m->live > 0) {
         graveyard_rec *g = &g_graveyard[g_graveyard_n++ % GRAVEYARD_SLOTS];
         g->base = m->base;
@@ -668,6 +690,7 @@ static void *tiny_alloc_locked(uint32_t cls) {
     size_t idx = ((uintptr_t)p - m->base) >> m->shift;
     if (idx < m->capacity) bit_set(m->bits, idx);
     m->live++;
+    if (idx < m->bump && !((uintptr_t)p & (m->block_size - 1))) note_alloc((uintptr_t)p, HAK_OWNER_TINY | HAK_OWNER_LIVE_BLOCK);
     return p;
 }
 
@@ -812,6 +835,8 @@ static void *pool_alloc_locked(pool_def *p, int cls, size_t size, uintptr_t site
         size_t idx = ((uintptr_t)raw - c->base) >> c->shift;
         if (idx < c->capacity) bit_set(c->bits, idx);
         c->live++;
+        if (idx < c->bump && !(((uintptr_t)raw - c->base) & (c->class_bytes - 1)))
+            note_alloc((uintptr_t)raw + HAK_HEADER_SIZE, p->owner | HAK_OWNER_LIVE_BLOCK);
     }
     write_header(raw, p->method, size, site, p->class_bytes[cls]);
     return (char *)raw + HAK_HEADER_SIZE;
@@ -906,6 +931,7 @@ static void *large_alloc_locked(size_t size, size_t align, uintptr_t site) {
     }
     write_header(raw, ALLOC_METHOD_MMAP, size, site, class_bytes);
     large_set_state((uintptr_t)raw, LG_LIVE);
+    note_alloc((uintptr_t)raw + HAK_HEADER_SIZE, HAK_OWNER_MMAP | HAK_OWNER_LIVE_BLOCK);
     g_stats.mmap_live++;
     return (char *)raw + HAK_HEADER_SIZE;
 }
@@ -971,6 +997,7 @@ static void *malloc_method_alloc_locked(size_t size, uintptr_t site) {
     write_header(raw, ALLOC_METHOD_MALLOC, size, site, size + HAK_HEADER_SIZE);
     hm_put(&g_malloc, (uintptr_t)raw, (void *)1);
     g_stats.malloc_live++;
+    note_alloc((uintptr_t)raw + HAK_HEADER_SIZE, HAK_OWNER_MALLOC | HAK_OWNER_LIVE_BLOCK);
     return (char *)raw + HAK_HEADER_SIZE;
 }
 
@@ -1051,6 +1078,7 @@ static void libc_free_at_stage(void *p) {
 }
 
 static void free_locked(void *ptr) {
+    heap_gen_bump();
     hak_free_decision dd = {
         .seq = ++g_free_seq,
         .ptr = (uintptr_t)ptr,
@@ -1244,6 +1272,7 @@ static void alloc_trace(void *p, size_t size, size_t align, int path) {
 
 static void *alloc_locked(size_t size, uintptr_t site) {
     STAGE(HAK_AT_ALLOC);
+    t_alloc.ptr = 0;
     g_stats.allocs++;
     size_t asked = size;
     if (size == 0) size = 1;
@@ -1288,6 +1317,7 @@ HAK_API void hak_tiny_free(void *ptr) {
     LOCK();
     t_state.ptr = (uintptr_t)ptr;
     STAGE(HAK_AT_TINY_FREE);
+    heap_gen_bump();
     tiny_free_public_locked(ptr);
     STAGE(HAK_AT_IDLE);
     UNLOCK();
@@ -1371,6 +1401,7 @@ HAK_API void *hak_memalign_at(size_t alignment, size_t size, uintptr_t site) {
     LOCK();
     void *p;
     STAGE(HAK_AT_ALLOC);
+    t_alloc.ptr = 0;
     g_stats.allocs++;
     size_t want = size > alignment ? size : alignment;
     int tiny = K.feat_tiny && want <= TINY_MAX;
@@ -1637,8 +1668,32 @@ static uint32_t owner_kind_locked(uintptr_t a) {
 
 HAK_API uint32_t hak_owner_kind(const void *addr) {
     ensure_init();
+    /* The block this thread just allocated, with no free anywhere since: the answer of that
+     * moment, without the lock (a query ordered right after the allocation; on threads, any
+     * free that comes later is ordered after it). */
+    uintptr_t a = (uintptr_t)addr;
+    if (a && a == t_alloc.ptr && t_alloc.gen == __atomic_load_n(&g_heap_gen, __ATOMIC_ACQUIRE)) return t_alloc.kind;
     LOCK();
     uint32_t k = owner_kind_locked((uintptr_t)addr);
+    UNLOCK();
+    return k;
+}
+
+HAK_API uint32_t hak_alloc_owner_kind(const void *ptr) {
+    ensure_init();
+    uintptr_t a = (uintptr_t)ptr;
+    if (a && a == t_alloc.ptr) return t_alloc.kind;   /* as it stood when the allocation returned */
+    return hak_owner_kind(ptr);
+}
+
+HAK_API uint32_t hak_free_owner_kind_at(void *ptr, size_t size, uintptr_t site) {
+    (void)size; (void)site;
+    ensure_init();
+    uintptr_t a = (uintptr_t)ptr;
+    LOCK();
+    uint32_t k = a && a == t_alloc.ptr && t_alloc.gen == g_heap_gen ? t_alloc.kind : owner_kind_locked(a);
+    free_locked(ptr);
+    STAGE(HAK_AT_IDLE);
     UNLOCK();
     return k;
 }

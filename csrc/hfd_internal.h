@@ -11,6 +11,10 @@ const hfd_vtable *hfd__vtable(void);
  * library; only set together with the vtable's owner. */
 typedef uint32_t (*hfd_owner_kind_fn)(const void *addr);
 hfd_owner_kind_fn hfd__owner_kind(void);
+/* hak_alloc_owner_kind and hak_free_owner_kind_at (hakmem.h), under the same conditions. */
+typedef uint32_t (*hfd_free_owner_kind_fn)(void *ptr, size_t size, uintptr_t site);
+hfd_owner_kind_fn hfd__alloc_owner_kind(void);
+hfd_free_owner_kind_fn hfd__free_owner_kind(void);
 /* hfd_set_event_index's variable, written directly by the replay loop. */
 extern __thread volatile uint64_t hfd__t_event_index;
 /* Sets the calling thread's hfd_last_error() message; returns code. */

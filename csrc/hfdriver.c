@@ -54,7 +54,8 @@ static hfd_vtable g_vt;
 static int g_binding = HFD_BOUND_NONE;
 /* hak_owner_kind, outside the vtable (a public struct): the replay's oracle uses it when the
  * bound library has it, and hak_owner otherwise. */
-static hfd_owner_kind_fn g_owner_kind;
+static hfd_owner_kind_fn g_owner_kind, g_alloc_owner_kind;
+static hfd_free_owner_kind_fn g_free_owner_kind;
 
 /* Optional symbols, in vtable order, with the hak_ name a library must export. */
 struct opt_sym {
@@ -114,12 +115,17 @@ HFD_API int hfd_bind_library(const char *path) {
     set_slot(&vt, offsetof(hfd_vtable, alloc), req[0]);
     set_slot(&vt, offsetof(hfd_vtable, free), req[1]);
     for (size_t i = 0; i < N_OPTIONAL; i++) set_slot(&vt, k_optional[i].offset, dlsym(h, k_optional[i].name));
-    void *ok = dlsym(h, "hak_owner_kind");
+    void *ok = dlsym(h, "hak_owner_kind"), *aok = dlsym(h, "hak_alloc_owner_kind"), *fok = dlsym(h, "hak_free_owner_kind_at");
     /* The previous library's handle is deliberately kept open: blocks it handed out may
      * still be live, and unloading an allocator under them would turn frees into crashes. */
     g_vt = vt;
     memcpy(&g_owner_kind, &ok, sizeof ok);
-    if (!g_vt.owner) g_owner_kind = NULL;   /* hak_owner_kind stands in for hak_owner, never alone */
+    memcpy(&g_alloc_owner_kind, &aok, sizeof aok);
+    memcpy(&g_free_owner_kind, &fok, sizeof fok);
+    if (!g_vt.owner || !g_owner_kind) {   /* they stand in for hak_owner, never alone */
+        g_owner_kind = g_alloc_owner_kind = NULL;
+        g_free_owner_kind = NULL;
+    }
     g_binding = HFD_BOUND_HAKMEM;
     g_err[0] = '\0';
     return HFD_OK;
@@ -142,7 +148,8 @@ HFD_API int hfd_bind_libc(void) {
     vt.realloc = libc_realloc;
     vt.memalign = libc_memalign;
     g_vt = vt;
-    g_owner_kind = NULL;
+    g_owner_kind = g_alloc_owner_kind = NULL;
+    g_free_owner_kind = NULL;
     g_binding = HFD_BOUND_LIBC;
     g_err[0] = '\0';
     return HFD_OK;
@@ -153,7 +160,8 @@ HFD_API int hfd_bind_table(const hfd_vtable *table) {
     if (!table->alloc) return set_error(HFD_ENOSYM, "hfd_bind_table: required entry alloc (hak_alloc_at) is NULL");
     if (!table->free) return set_error(HFD_ENOSYM, "hfd_bind_table: required entry free (hak_free_at) is NULL");
     g_vt = *table;
-    g_owner_kind = NULL;
+    g_owner_kind = g_alloc_owner_kind = NULL;
+    g_free_owner_kind = NULL;
     g_binding = HFD_BOUND_TABLE;
     g_err[0] = '\0';
     return HFD_OK;
@@ -164,6 +172,8 @@ HFD_API int hfd_binding(void) { return g_binding; }
 const hfd_vtable *hfd__vtable(void) { return &g_vt; }
 
 hfd_owner_kind_fn hfd__owner_kind(void) { return g_owner_kind; }
+hfd_owner_kind_fn hfd__alloc_owner_kind(void) { return g_alloc_owner_kind; }
+hfd_free_owner_kind_fn hfd__free_owner_kind(void) { return g_free_owner_kind; }
 
 /* Like snprintf: returns the full length (without the NUL) even when cap is too small. */
 HFD_API size_t hfd_missing_symbols(char *buf, size_t cap) {

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/personality.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,6 +30,7 @@ static const char k_usage[] =
     "                [--check-from A] [--check-to B]\n"
     "                [--no-judge] [--results-fd FD | --results FILE] [--quiet] [--aslr]\n"
     "                [--stop-before N [--inspect-addr ADDR]... [--inspect-out FILE]] [--time] [--floor]\n"
+    "                [--max-memory BYTES]\n"
     "Replays a binary trace through an allocator (a library with the hakmem ABI, or libc malloc) and\n"
     "writes one result record per event to the result file. Knobs: the trace's '# knob' lines, then\n"
     "--knob (which override them), all applied before the first allocation.\n"
@@ -38,11 +40,16 @@ static const char k_usage[] =
     "the bytes around its header, owners, probe verdicts, registry history, check, memory map).\n"
     "--check-from A / --check-to B limit --check-every to events A..B: checked after every Nth event\n"
     "counted from A, and after B (to narrow down the first failing event with few checks).\n"
-    "--time prints how long the replay took (the hfd_replay call: validation, the loop, the oracle;\n"
-    "not process start or mapping the trace) as one 'timing:' line on stdout, also with --quiet.\n"
+    "--time prints how long the replay took - the hfd_replay call: the loop and the oracle; not\n"
+    "process start, mapping the trace and the result file, or validating the trace, done before -\n"
+    "as one 'timing:' line on stdout (wall and CPU seconds, events/s), also with --quiet.\n"
     "--floor is the benchmark's baseline: it decodes the trace into plain arrays, then times only\n"
     "the allocator calls in trace order on this thread (no oracle, no results, no validation\n"
     "beyond the header's) and prints the 'timing:' line.\n"
+    "--max-memory BYTES limits the address space the replay may map beyond what the process holds\n"
+    "when it starts (the trace, the result file, the libraries): setrlimit(RLIMIT_AS). Past it the\n"
+    "allocator's mmap fails and its allocations return NULL, which the result records (a NULL block\n"
+    "for a non-zero size); replay threads' stacks (1 MiB each) count against it.\n"
     "Exit status: 0 replay done; 2 usage; 3 bad trace, library or knob; 4 system error (result file);\n"
     "killed by the allocator's signal (SIGSEGV, ...) when the replay crashes, the crash record kept.\n";
 
@@ -152,6 +159,30 @@ static const char *route_name(const char *(*fn)(uint32_t), uint32_t r, char *buf
     if (r == 0) return "none";
     snprintf(buf, cap, "route %u", r);
     return buf;
+}
+
+/* ------------------------------------------------------------ memory limit */
+
+/* RLIMIT_AS = what the process maps now (the trace, the result file, the libraries, the
+ * allocator's own start-up) + budget, so that the budget is the replay's, whatever the size of
+ * the trace. Past it mmap fails: hakmem-ref's allocations return NULL, which the result
+ * records. A limit the kernel refuses (above the hard limit) is a note, not a failure. */
+static void limit_memory(uint64_t budget) {
+    unsigned long long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%llu", &pages) != 1) pages = 0;
+        fclose(f);
+    }
+    uint64_t in_use = (uint64_t)pages * (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t want = in_use + budget < in_use ? UINT64_MAX : in_use + budget;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0) return;
+    if (rl.rlim_max != RLIM_INFINITY && want > (uint64_t)rl.rlim_max) want = (uint64_t)rl.rlim_max;
+    if (rl.rlim_cur != RLIM_INFINITY && want > (uint64_t)rl.rlim_cur) return;   /* a tighter limit is in force */
+    rl.rlim_cur = (rlim_t)want;
+    if (setrlimit(RLIMIT_AS, &rl) != 0)
+        fprintf(stderr, "hfreplay: note: --max-memory %" PRIu64 ": setrlimit: %s\n", budget, strerror(errno));
 }
 
 /* ------------------------------------------------------------------ timing */
@@ -277,6 +308,7 @@ int main(int argc, char **argv) {
     int use_libc = 0, threads = 0, judge = 1, quiet = 0, results_fd = -1;
     uint64_t check_every = 0, check_from = 0, check_to = UINT64_MAX;
     uint64_t stop_before = UINT64_MAX;
+    uint64_t max_memory = 0;   /* 0: no limit */
     uint64_t extra_addrs[64];
     int n_extra = 0, keep_aslr = 0, show_time = 0, floor = 0;
     const char *inspect_out = NULL;
@@ -333,6 +365,9 @@ int main(int argc, char **argv) {
             show_time = 1;
         } else if (strcmp(a, "--floor") == 0) {
             floor = 1;
+        } else if (strcmp(a, "--max-memory") == 0) {
+            NEED_ARG();
+            max_memory = parse_u64(a, argv[++i]);
         } else if (strcmp(a, "--stop-before") == 0) {
             NEED_ARG();
             stop_before = parse_u64(a, argv[++i]);
@@ -401,7 +436,7 @@ int main(int argc, char **argv) {
     size_t res_size = sizeof(hfr_header) + (size_t)n * sizeof(hfr_event);
     const char *res_name = results_file ? results_file : "--results-fd";
     void *rm;
-    int res_zeroed = 1;   /* every byte of the result file reads 0: hfd_replay_zeroed need not clear it */
+    int res_zeroed = 1;   /* every byte of the result file reads 0: hfd_replay_ex need not clear it */
     if (results_fd >= 0 || results_file) {
         int fd = results_fd;
         if (results_file) {
@@ -441,9 +476,7 @@ int main(int argc, char **argv) {
     g_res = res;
 
     if (!map) fail(EXIT_BAD_INPUT, trace_path, "%s", open_err);
-    double vt0 = now_seconds();
     if (hfd_trace_validate(map, len) != HFD_OK) fail(EXIT_BAD_INPUT, trace_path, "%s", hfd_last_error());
-    if (getenv("HF_DBG_VT")) fprintf(stderr, "validate %.3f\n", now_seconds() - vt0);
 
     /* The allocator, then its knobs, before anything is allocated through it. */
     void *handle = NULL;
@@ -480,6 +513,7 @@ int main(int argc, char **argv) {
         }
     }
 
+    if (max_memory) limit_memory(max_memory);
     if (floor) {
         if (stop_before != UINT64_MAX) usage_error("--floor and --stop-before do not go together");
         int frc = run_floor(trace_path, map, use_libc, handle);
@@ -500,7 +534,10 @@ int main(int argc, char **argv) {
     hfr_options opts = {.check_every = check_every, .threads = (uint32_t)threads, .judge = (uint32_t)judge};
     hfd_check_window(check_from, check_to);
     double c0 = cpu_seconds(), t0 = now_seconds();
-    int rc = res_zeroed ? hfd_replay_zeroed(map, len, res, events, &opts) : hfd_replay(map, len, res, events, &opts);
+    /* The trace was validated above, before the allocator was bound (so that a bad trace is
+     * reported first), and a read-only private mapping cannot change: not validated again. */
+    uint32_t flags = HFD_REPLAY_VALIDATED | (res_zeroed ? HFD_REPLAY_ZEROED : 0u);
+    int rc = hfd_replay_ex(map, len, res, events, &opts, flags);
     double t1 = now_seconds(), c1 = cpu_seconds();
     if (rc != HFD_OK) fail(rc == HFD_ESYS ? EXIT_SYSTEM : EXIT_BAD_INPUT, trace_path, "%s", hfd_last_error());
     __atomic_store_n(&res->state, (uint32_t)HFR_STATE_DONE, __ATOMIC_SEQ_CST);

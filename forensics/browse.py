@@ -104,6 +104,7 @@ class EventColumns:
         self.outcome_col = bytes(self.outcome_col)
         self.all = _ones(self.n)
         self._events = events
+        self.note = ""  # what the reader left out (from_log: a damaged gzip tail, the row limit)
 
     def get_event(self, i: int) -> model.EventResult:
         """Event i as a model record (decoded from the raw hfr_event; no ctypes)."""
@@ -281,49 +282,81 @@ def outcome_of(code: int) -> model.Outcome | None:
 
 
 # ------------------------------------------------------------------------- route logs
-def from_log(path, *, limit: int = 20_000_000) -> EventColumns:
+LOG_MAX_ROWS = 20_000_000  # ~100 bytes a row: about 2 GB at most, whatever the log
+LOG_MAX_LINE = 64 * 1024  # longer lines are skipped whole (never held)
+LOG_MAX_OWNERS = 1 << 20  # allocations remembered for judging their free (oldest forgotten first)
+_U32 = (1 << 32) - 1
+_U64 = (1 << 64) - 1
+
+
+def from_log(path, *, limit: int = LOG_MAX_ROWS) -> EventColumns:
     """Columns of a route log (HAKMEM_FREE_ROUTE_TRACE, plus [hakmem-alloc] lines if present):
     one row per allocation or free line, in log order, judged by the same rule as the replay's
     oracle when the allocation's path is in the log. Plain or gzip. Unlike `routes`, this keeps
-    one compact row per line (about 60 bytes): it is for browsing, up to `limit` rows."""
+    one compact row per line (96 bytes, plus the columns built from them): it is for browsing,
+    up to `limit` rows.
+
+    Memory is bounded whatever the log holds: at most `limit` rows, lines read LOG_MAX_LINE
+    bytes at most (a longer line is skipped), and the allocation path of the last
+    LOG_MAX_OWNERS allocations (a free of an older one is unjudged). Lines whose numbers do not
+    fit hakmem's fields (a tid above 2**32-1, a pointer or size above 2**64-1) are skipped like
+    lines that do not parse. A damaged gzip stream ends the rows where the damage starts
+    (``columns.note`` says so); with no row before it, it is a BadInputError."""
     import gzip
     import struct
+    import zlib
+    from collections import OrderedDict
 
     from forensics.errors import BadInputError
     from forensics.model import Action, FreeStep, OwnerKind
     from forensics.routelog import ALLOC_RE, EXPECTED_ACTIONS, INVALID_MAGIC_ROUTES, ROUTE_RE
+    from forensics.safeio import open_input
 
     rec = struct.Struct("<BBHIIIQqQQ")
     evt = struct.Struct("<QQIIIIiIiBBBB")
     records = bytearray()
     events = bytearray()
-    owner_of: dict[int, str] = {}
+    owner_of: OrderedDict[int, str] = OrderedDict()
     route_codes = {r.value.encode(): r.code for r in Route}
     action_codes = {a.value.encode(): a.code for a in Action}
     step_bits = {s.value.encode(): s.bit for s in FreeStep}
     owner_codes = {k.value: k.code for k in OwnerKind}
     free_op, malloc_op = TraceOp.FREE.code, TraceOp.MALLOC.code
+    probes = {b"-": -1, b"unreadable": 0, b"readable": 1}
+    note = ""
 
     def mask(field: bytes) -> int:
         return 0 if field == b"-" else sum(step_bits.get(s, 0) for s in field.split(b","))
 
-    try:
-        raw = open(path, "rb")
-    except OSError as exc:
-        raise BadInputError(f"{path}: cannot read log: {exc.strerror}") from None
+    raw = open_input(path, "log")
     with raw:
-        stream = gzip.GzipFile(fileobj=raw) if raw.peek(2)[:2] == b"\x1f\x8b" else raw
         try:
-            for line in stream:
-                if len(events) // 48 >= limit:
+            head = raw.peek(2)[:2]
+        except OSError:
+            head = b""
+        stream = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
+        readline = stream.readline
+        rows = 0
+        try:
+            while rows < limit:
+                line = readline(LOG_MAX_LINE + 1)
+                if not line:
                     break
+                if len(line) > LOG_MAX_LINE:
+                    while line and not line.endswith(b"\n"):  # skip the rest of an overlong line
+                        line = readline(LOG_MAX_LINE + 1)
+                    continue
                 line = line.rstrip(b"\n")
                 if line.startswith(b"[hakmem-route]"):
                     m = ROUTE_RE.match(line)
                     if m is None:
                         continue
-                    seq, tid, ptr_b, route_b, action_b, tried, hit, probe_b, magic_b, method_b = m.groups()
+                    seq_b, tid_b, ptr_b, route_b, action_b, tried, hit, probe_b, magic_b, method_b = m.groups()
                     ptr = 0 if ptr_b == b"(nil)" else int(ptr_b, 16)
+                    seq, tid = int(seq_b), int(tid_b)
+                    method = int(method_b) if method_b != b"-" else -1
+                    if ptr > _U64 or seq > _U64 or tid > _U32 or not -(1 << 31) <= method < 1 << 31:
+                        continue  # not a line hakmem prints: its fields are narrower
                     route = route_b.decode()
                     action = action_b.decode()
                     path_name = owner_of.pop(ptr, None)
@@ -339,24 +372,40 @@ def from_log(path, *, limit: int = 20_000_000) -> EventColumns:
                         outcome = Outcome.CORRECT
                     else:
                         outcome = Outcome.MISROUTED
-                    probe = {b"-": -1, b"unreadable": 0, b"readable": 1}[probe_b]
-                    records += rec.pack(free_op, 0, 0, int(tid), 0, 0, 0, 0, 0, 0)
-                    events += evt.pack(ptr, int(seq), route_codes.get(route_b, 0), action_codes.get(action_b, 0), mask(tried), mask(hit), probe,
-                                       int(magic_b, 16) & 0xFFFFFFFF if magic_b != b"-" else 0, int(method_b) if method_b != b"-" else -1,
+                    records += rec.pack(free_op, 0, 0, tid, 0, 0, 0, 0, 0, 0)
+                    events += evt.pack(ptr, seq, route_codes.get(route_b, 0), action_codes.get(action_b, 0), mask(tried), mask(hit),
+                                       probes[probe_b], int(magic_b, 16) & 0xFFFFFFFF if magic_b != b"-" else 0, method,
                                        owner_codes.get(path_name or "unknown", OwnerKind.UNKNOWN.code), outcome.code, model.EventStatus.DONE.code, 0)
+                    rows += 1
                 elif line.startswith(b"[hakmem-alloc]"):
                     m = ALLOC_RE.match(line)
                     if m is None:
                         continue
-                    _seq, _fseq, tid, ptr_h, size, _align, path_b = m.groups()
-                    ptr = int(ptr_h, 16)
+                    _seq, _fseq, tid_b, ptr_h, size_b, _align, path_b = m.groups()
+                    ptr, tid, size = int(ptr_h, 16), int(tid_b), int(size_b)
+                    if ptr > _U64 or tid > _U32 or size > _U64:
+                        continue
                     path_name = path_b.decode()
                     owner_of[ptr] = path_name
-                    records += rec.pack(malloc_op, 0, 0, int(tid), 0, 0, int(size), 0, 0, 0)
+                    owner_of.move_to_end(ptr)
+                    if len(owner_of) > LOG_MAX_OWNERS:
+                        owner_of.popitem(last=False)
+                    records += rec.pack(malloc_op, 0, 0, tid, 0, 0, size, 0, 0, 0)
                     events += evt.pack(ptr, 0, 0, 0, 0, 0, -1, 0, -1, owner_codes.get(path_name, OwnerKind.UNKNOWN.code), Outcome.NONE.code, model.EventStatus.DONE.code, 0)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+                    rows += 1
+        except (OSError, EOFError, zlib.error) as exc:
+            reason = "truncated gzip stream" if isinstance(exc, EOFError) else f"damaged gzip stream ({exc})"
             if not events:
-                raise BadInputError(f"{path}: cannot read log: {exc}") from None
+                raise BadInputError(f"{path}: cannot read log: {reason}") from None
+            note = f"{path}: {reason}: the rows stop there"
+        else:
+            try:
+                if rows >= limit and readline(1):
+                    note = f"{path}: only the first {limit:,} rows are shown"
+            except (OSError, EOFError, zlib.error):
+                pass
     if not events:
         raise BadInputError(f"{path}: no [hakmem-route] or [hakmem-alloc] lines (is HAKMEM_FREE_ROUTE_TRACE=1 set?)")
-    return EventColumns(bytes(records), bytes(events))
+    columns = EventColumns(bytes(records), bytes(events))
+    columns.note = note
+    return columns

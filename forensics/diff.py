@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from forensics import model, native
 from forensics.errors import BadInputError
+from forensics.safeio import open_input
 from forensics.minimize import decode_event, probe_kind_of
 from forensics.replay import EVENT_SIZE, RECORD_SIZE, ReplayConfig, TraceFile, run_replay
 from forensics.report import replay as replay_report
@@ -43,6 +44,7 @@ _OWNER_COLUMN = _F.owner.offset
 _STATUS_COLUMN = _F.status.offset
 _STARTED = model.EventStatus.STARTED.code
 ZIP_MAGIC = b"PK\x03\x04"
+MAX_REPORT_BYTES = 256 << 20  # a replay --json report holds the first anomalies only: a few MB at most
 
 ProgressFn = Callable[[str, int, int], None]  # (side label, events done, events in all)
 
@@ -206,12 +208,9 @@ class _Loaded:
 
 def detect(path: str | os.PathLike[str]) -> str:
     """'saved' (a replay --save archive), 'json' (a replay --json report) or 'trace'."""
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"{path}: no such file")
-    with open(p, "rb") as fh:
+    with open_input(path, "saved result, replay report or trace") as fh:
         head = fh.read(64)
-    if head.startswith(ZIP_MAGIC):
+    if head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):  # an empty archive: open_result says why not
         return "saved"
     if head.lstrip()[:1] == b"{":
         return "json"
@@ -269,10 +268,13 @@ def _load(path: str | os.PathLike[str], kind: str, label: str) -> _Loaded:
             loaded.trace_records = data[int.from_bytes(data[32:40], "little") :]
         return loaded
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"{path}: not a JSON replay report: {exc}") from None
+        with open_input(path, "replay report") as fh:
+            data = fh.read(MAX_REPORT_BYTES + 1)
+        if len(data) > MAX_REPORT_BYTES:
+            raise BadInputError(f"{path}: not a replay report: more than {MAX_REPORT_BYTES >> 20} MiB of JSON")
+        doc = json.loads(data)
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+        raise BadInputError(f"{path}: not a JSON replay report: {type(exc).__name__ if isinstance(exc, RecursionError) else exc}") from None
     if not isinstance(doc, dict) or doc.get("schema") != replay_report.SCHEMA:
         schema = doc.get("schema") if isinstance(doc, dict) else None
         raise BadInputError(f"{path}: not a replay report (schema {schema!r}, expected {replay_report.SCHEMA!r}; write one with replay --json FILE)")
@@ -300,12 +302,13 @@ def _from_doc(doc: dict[str, Any], label: str, source: str) -> _Loaded:
             hang=bool(doc.get("hang")),
         )
         anomalies = {e.index: e for e in (event_from_json(d, probe) for d in doc.get("anomalies") or [])}
-    except (KeyError, TypeError, ValueError) as exc:
+        incomplete = int(doc.get("anomalies_total", 0)) > len(doc.get("anomalies") or [])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BadInputError(f"{source}: malformed replay report: {type(exc).__name__}: {exc}") from None
     if crash_event is not None:
         anomalies[crash_event.index] = crash_event
     complete_to = float("inf")
-    if int(doc.get("anomalies_total", 0)) > len(doc.get("anomalies") or []):
+    if incomplete:
         complete_to = max(anomalies, default=-1)
     return _Loaded(side, anomalies, complete_to)
 

@@ -7,6 +7,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_INTERNAL = 4
+EXIT_INTERRUPTED = 130  # Ctrl-C during a replay: the partial result was still reported (128 + SIGINT)
 
 
 class ForensicsError(Exception):

@@ -436,6 +436,26 @@ class CheckFailure:
     message: str
 
 
+@dataclass(frozen=True)
+class AllocFailure:
+    """The first allocation of a replay that returned NULL for a non-zero size: under a memory
+    limit (replay --max-memory, RLIMIT_AS in the child), where the limit was reached."""
+
+    event_index: int
+    op: str
+    size: int  # bytes asked for (nmemb * size for calloc)
+    limit: int | None  # the replay's memory limit in bytes, None if it had none
+
+    @property
+    def over_limit(self) -> bool:
+        """The request alone is larger than the limit (rather than the heap having grown to it)."""
+        return self.limit is not None and self.size > self.limit
+
+
+# How a replay ended (ReplayResult.status), most telling first.
+REPLAY_STATUSES = ("interrupted", "hang", "crashed", "killed", "memory_limit", "exited", "completed", "incomplete")
+
+
 @dataclass
 class ReplayResult:
     """Everything one replay observed (kept up to a crash)."""
@@ -465,10 +485,41 @@ class ReplayResult:
     note: str = ""  # e.g. "no consistency check: the allocator has no hak_debug_check"
     seconds: float = 0.0
     raw_events: bytes | None = None  # every hfr_event record (run_replay(keep_events=True)), else None
+    interrupted: bool = False  # the user interrupted the replay (Ctrl-C): the child was killed
+    max_memory: int | None = None  # the child's memory limit in bytes (RLIMIT_AS headroom), None: none
+    alloc_failure: AllocFailure | None = None  # the first allocation that returned NULL
+    in_flight: list[int] = field(default_factory=list)  # killed with no crash record: the events it was running
 
     @property
     def completed(self) -> bool:
-        return self.crash is None and not self.hang and self.events_done == self.num_events
+        return self.crash is None and not self.hang and not self.interrupted and self.events_done == self.num_events
+
+    @property
+    def partial(self) -> bool:
+        """Not every event ran: the result holds what was observed before the end."""
+        return self.events_done < self.num_events or self.interrupted or self.hang or self.crash is not None
+
+    @property
+    def status(self) -> str:
+        """How the replay ended, one of REPLAY_STATUSES: interrupted (Ctrl-C), hang (time limit),
+        crashed (a crash record), killed (a signal and no crash record: SIGKILL from the OOM
+        killer or a user), memory_limit (an allocation returned NULL under the memory limit),
+        exited (the child exited with an error status mid-replay), completed, incomplete."""
+        if self.interrupted:
+            return "interrupted"
+        if self.hang:
+            return "hang"
+        if self.crash is not None:
+            return "crashed"
+        if self.exit_signal is not None:
+            return "killed"
+        if self.alloc_failure is not None and self.max_memory is not None and not self.alloc_failure.over_limit:
+            return "memory_limit"
+        if self.exit_status:
+            return "exited"
+        if self.events_done == self.num_events:
+            return "completed"
+        return "incomplete"
 
     @property
     def crashed(self) -> bool:

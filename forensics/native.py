@@ -57,6 +57,8 @@ HFD_CRASH_MAGIC = 0x48464443
 HFD_CRASH_MAPS_MAX = 65536
 HFD_PROBE_MAPS = 100  # hfd_probe kind: /proc/self/maps ground truth
 HFD_STAGE_UNKNOWN = 0xFFFFFFFF
+HAK_OWNER_LIVE_BLOCK = 0x100  # hak_owner_kind: the address starts a live block
+HAK_OWNER_KIND_MASK = 0xFF
 UINT64_MAX = (1 << 64) - 1
 
 
@@ -528,6 +530,9 @@ _HAKMEM_FUNCTIONS: dict[str, tuple[list[Any], Any]] = {
     "hak_probe_name": ([c_uint32], c_char_p),
     "hak_reqtrace_op_name": ([c_uint32], c_char_p),
     "hak_owner": ([c_void_p, POINTER(HakOwnerInfo)], c_int),
+    "hak_owner_kind": ([c_void_p], c_uint32),
+    "hak_alloc_owner_kind": ([c_void_p], c_uint32),
+    "hak_free_owner_kind_at": ([c_void_p, c_size_t, c_uintptr], c_uint32),
     "hak_debug_free_state": ([], POINTER(HakFreeState)),
     "hak_get_stats": ([POINTER(HakStats)], None),
     "hak_debug_check": ([c_char_p, c_size_t], c_int),
@@ -554,6 +559,7 @@ _HFDRIVER_FUNCTIONS: dict[str, tuple[list[Any], Any]] = {
     "hfd_probe_time": ([c_int, c_void_p, c_size_t, c_uint64, POINTER(c_uint64)], c_uint64),
     # hftrace.h
     "hfd_replay": ([c_void_p, c_uint64, POINTER(HfrHeader), POINTER(HfrEvent), POINTER(HfrOptions)], c_int),
+    "hfd_replay_ex": ([c_void_p, c_uint64, POINTER(HfrHeader), POINTER(HfrEvent), POINTER(HfrOptions), c_uint32], c_int),
     "hfd_step_reset": ([c_uint32], c_int),
     "hfd_step": ([POINTER(HftRecord), c_uint64, POINTER(HfrEvent)], c_int),
     "hfd_summarize": ([POINTER(HfrEvent), c_uint64, POINTER(HfrSummary)], None),
@@ -1059,6 +1065,12 @@ class Allocator:
         o = HakOwnerInfo()
         self._check(self._fn("hak_owner")(_ptr(addr), ctypes.byref(o)), "hak_owner")
         return _owner(addr, o)
+
+    def owner_kind(self, addr: int) -> tuple[model.OwnerKind, bool]:
+        """hak_owner_kind(): the owner's kind, and whether addr starts a live block (the oracle's
+        question, without a whole hak_owner_info)."""
+        k = self._fn("hak_owner_kind")(_ptr(addr))
+        return (model.OwnerKind.from_code(k & HAK_OWNER_KIND_MASK) or model.OwnerKind.NONE, bool(k & HAK_OWNER_LIVE_BLOCK))
 
     def free_state(self) -> tuple[int, model.Stage | None, int]:
         """(ptr, stage, seq) of the calling thread's hak_free_state."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import select
 import subprocess
 import tempfile
 import time
@@ -26,6 +27,7 @@ from typing import Callable, Iterator, Mapping
 
 from forensics import abi, isolate, model, native
 from forensics.errors import BadInputError, ForensicsError
+from forensics.safeio import missing_message
 from forensics.trace import TraceHeader, TraceOp, convert, read_header, sniff
 
 HEADER_SIZE = ctypes.sizeof(native.HfrHeader)
@@ -35,6 +37,10 @@ _OUTCOME_OFFSET = native.HfrEvent.outcome.offset
 STDERR_TAIL = 40
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_MAX_ANOMALIES = 1000
+# The replay child's memory limit: address space it may map beyond what it holds when the replay
+# starts (hfreplay --max-memory: RLIMIT_AS). A trace that allocates more sees NULL returns,
+# reported as "memory limit reached at event N", instead of pushing the machine into the OOM killer.
+DEFAULT_MAX_MEMORY = 8 << 30
 
 ProgressFn = Callable[[int, int], None]  # (events done, events in all)
 
@@ -57,6 +63,7 @@ class ReplayConfig:
     # every check_every-th event counted from check_from, and check_to itself. None: to the end.
     check_from: int = 0
     check_to: int | None = None
+    max_memory: int | None = DEFAULT_MAX_MEMORY  # bytes (RLIMIT_AS headroom in the child); None: no limit
 
     def get_overrides(self) -> dict[str, str]:
         """The knobs the command line sets, which win over the trace header's."""
@@ -156,18 +163,22 @@ def _command(binary: Path, config: ReplayConfig, knobs: Mapping[str, str], fd: i
         cmd.append("--threads")
     if not config.judge:
         cmd.append("--no-judge")
+    if config.max_memory:
+        cmd += ["--max-memory", str(config.max_memory)]
     cmd += ["--results-fd", str(fd), "--quiet"]
     return cmd
 
 
-def run_replay(trace: str | os.PathLike[str], config: ReplayConfig = ReplayConfig(), *, progress: ProgressFn | None = None, keep_events: bool = False) -> model.ReplayResult:
+def run_replay(trace: str | os.PathLike[str], config: ReplayConfig = ReplayConfig(), *, progress: ProgressFn | None = None, keep_events: bool = False, binary: Path | None = None) -> model.ReplayResult:
     """Replay trace in a child process; a crash or hang in the allocator becomes part of the result.
 
     keep_events: also return every raw hfr_event record (result.raw_events), for saving the
-    result (explain, diff) — num_events * 48 bytes."""
+    result (explain, diff) — num_events * 48 bytes. binary: trace already converted to a binary
+    file (binary_trace), so that a caller that needs it again converts a text trace only once;
+    the result still names trace."""
     trace_path = Path(trace)
     if not trace_path.exists():
-        raise BadInputError(f"{trace}: no such file")
+        raise BadInputError(missing_message(trace))
     if not config.libc:
         native.load_allocator(config.lib)  # a bad --lib is reported here, with the loader's reasons
     driver = native.Driver()
@@ -176,7 +187,7 @@ def run_replay(trace: str | os.PathLike[str], config: ReplayConfig = ReplayConfi
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hakmem-forensics-") as tmp:
         workdir = Path(tmp)
-        binary = binary_trace(trace_path, workdir)
+        binary = binary if binary is not None else binary_trace(trace_path, workdir)
         with TraceFile(binary) as tf:
             n = tf.num_events
             size = HEADER_SIZE + max(n, 1) * EVENT_SIZE
@@ -187,9 +198,17 @@ def run_replay(trace: str | os.PathLike[str], config: ReplayConfig = ReplayConfi
                 stderr_path = workdir / "stderr"
                 with open(stderr_path, "wb") as err:
                     proc = subprocess.Popen(_command(binary, config, knobs, fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, pass_fds=(fd,))
-                    hang = _wait(proc, results, n, config.timeout, progress)
+                    interrupted = False
+                    try:
+                        hang = _wait(proc, results, n, config.timeout, progress)
+                    except KeyboardInterrupt:
+                        # Ctrl-C: stop the child and keep what it observed (a partial result)
+                        proc.kill()
+                        proc.wait()
+                        hang, interrupted = False, True
                 try:
-                    result = _collect(results, tf, trace_path, config, knobs, driver, proc, hang, _tail(stderr_path, STDERR_TAIL), time.monotonic() - start)
+                    result = _collect(results, tf, trace_path, config, knobs, driver, proc, hang, _tail(stderr_path, STDERR_TAIL), time.monotonic() - start,
+                                      binary=binary, interrupted=interrupted)
                     if keep_events:
                         result.raw_events = results[HEADER_SIZE : HEADER_SIZE + n * EVENT_SIZE]
                     return result
@@ -204,38 +223,82 @@ def _events_done(results: mmap.mmap) -> int:
     return int.from_bytes(results[off : off + 8], "little")
 
 
+def _wait_exit(proc: subprocess.Popen, pidfd: int | None, seconds: float) -> bool:
+    """Wait up to `seconds` for the child to exit; True once it has (and is reaped). A pidfd
+    wakes the moment it exits; Popen.wait's polling sleeps up to 50 ms past a short replay."""
+    if pidfd is not None:
+        ready, _, _ = select.select([pidfd], [], [], seconds)
+        if not ready:
+            return False
+    try:
+        proc.wait(timeout=0 if pidfd is not None else seconds)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def _wait(proc: subprocess.Popen, results: mmap.mmap, n: int, timeout: float, progress: ProgressFn | None) -> bool:
     """Wait for the child, reporting progress; kill it at the time limit. True if it hung."""
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            proc.wait(timeout=0.05)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        if progress:
-            progress(_events_done(results), n)
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
+    try:
+        pidfd: int | None = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # pragma: no cover - Linux < 5.3 or not Linux
+        pidfd = None
+    try:
+        while not _wait_exit(proc, pidfd, 0.05):
             if progress:
                 progress(_events_done(results), n)
-            return True
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                if progress:
+                    progress(_events_done(results), n)
+                return True
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
     if progress:
         progress(_events_done(results), n)
     return False
 
 
-def _collect(results: mmap.mmap, tf: TraceFile, trace_path: Path, config: ReplayConfig, knobs: dict[str, str], driver: native.Driver, proc: subprocess.Popen, hang: bool, stderr_tail: list[str], seconds: float) -> model.ReplayResult:
+def _failure_message(hdr: native.HfrHeader, stderr_tail: list[str], trace_path: Path, binary: Path | None, config: ReplayConfig) -> str:
+    """The child's one-line reason, naming the user's trace (not a temporary conversion of it)."""
+    reason = hdr.error.decode("utf-8", "replace")
+    line = next((t for t in reversed(stderr_tail) if t.startswith("hfreplay: ") and t.endswith(reason)), None) if reason else None
+    if not reason:
+        return stderr_tail[-1] if stderr_tail else "replay failed"
+    subject = str(trace_path)
+    if line is not None:
+        named = line[len("hfreplay: "): len(line) - len(reason)].rstrip(": ")
+        if named and named not in (str(binary), str(trace_path)):
+            subject = named  # a library, a knob's origin
+    message = f"{subject}: {reason}"
+    if "threads, the most a threaded replay runs at once" in reason:
+        message += " (replay it with --serial)"
+    elif config.max_memory and ("cannot allocate" in reason or "out of memory" in reason):
+        message += f" (within the replay's memory limit of {_size(config.max_memory)}; --max-memory raises it)"
+    return message
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n:,} bytes"
+
+
+def _collect(results: mmap.mmap, tf: TraceFile, trace_path: Path, config: ReplayConfig, knobs: dict[str, str], driver: native.Driver, proc: subprocess.Popen, hang: bool, stderr_tail: list[str], seconds: float,
+             *, binary: Path | None = None, interrupted: bool = False) -> model.ReplayResult:
     hdr = native.HfrHeader.from_buffer_copy(results[:HEADER_SIZE])
     rc = proc.returncode
     exit_signal = -rc if rc is not None and rc < 0 else None
     if hdr.magic != native.HFR_MAGIC:
         last = stderr_tail[-1] if stderr_tail else "(no output)"
-        if exit_signal is None and not hang:
+        if exit_signal is None and not hang and not interrupted:
             raise ForensicsError(f"the replay child exited with status {rc} before it started: {last}")
     elif hdr.state == native.HFR_STATE_FAILED:
-        raise BadInputError(hdr.error.decode("utf-8", "replace") or (stderr_tail[-1] if stderr_tail else "replay failed"))
+        raise BadInputError(_failure_message(hdr, stderr_tail, trace_path, binary, config))
     n = tf.num_events
     probe_kind = model.ProbeKind(knobs["HAKMEM_HEADER_PROBE"]) if knobs.get("HAKMEM_HEADER_PROBE") in {p.value for p in model.ProbeKind} else (None if config.libc else model.ProbeKind.OFF)
 
@@ -274,6 +337,19 @@ def _collect(results: mmap.mmap, tf: TraceFile, trace_path: Path, config: Replay
         outcomes[model.Outcome.CRASHED.value] = 1
 
     anomaly_idx = _anomaly_indices(results, n, config.max_anomalies)
+    in_flight: list[int] = []
+    if crash is None and not hang and hdr.magic == native.HFR_MAGIC and exit_signal is not None:
+        # killed (SIGKILL, Ctrl-C) with no crash record: the events left STARTED did not crash,
+        # they were cut off. hfd_summarize counts them as crashed; they are not anomalies.
+        in_flight = _started(results, n)
+        if in_flight:
+            crashed = outcomes.get(model.Outcome.CRASHED.value, 0) - len(in_flight)
+            if crashed > 0:
+                outcomes[model.Outcome.CRASHED.value] = crashed
+            else:
+                outcomes.pop(model.Outcome.CRASHED.value, None)
+            cut = set(in_flight)
+            anomaly_idx = [i for i in anomaly_idx if i not in cut]
     if crash_event is not None and crash_event.index not in anomaly_idx:
         anomaly_idx = sorted(anomaly_idx + [crash_event.index])[: max(config.max_anomalies, 1)]
     anomalies = [crash_event if crash_event is not None and i == crash_event.index else event_at(i) for i in anomaly_idx]
@@ -283,6 +359,7 @@ def _collect(results: mmap.mmap, tf: TraceFile, trace_path: Path, config: Replay
     if hdr.magic == native.HFR_MAGIC and hdr.first_check_failure != native.UINT64_MAX:
         check_failure = model.CheckFailure(hdr.first_check_failure, hdr.check_msg.decode("utf-8", "replace"))
     first_anomaly = min((a.index for a in anomalies), default=None)
+    alloc_failure = _first_failed_alloc(results, tf, n, config.max_memory)
     return model.ReplayResult(
         trace=str(trace_path),
         allocator=config.get_allocator_path(),
@@ -308,7 +385,39 @@ def _collect(results: mmap.mmap, tf: TraceFile, trace_path: Path, config: Replay
         stderr_tail=stderr_tail,
         note=hdr.error.decode("utf-8", "replace") if hdr.magic == native.HFR_MAGIC and hdr.state != native.HFR_STATE_FAILED else "",
         seconds=seconds,
+        interrupted=interrupted,
+        max_memory=config.max_memory or None,
+        alloc_failure=alloc_failure,
+        in_flight=in_flight,
     )
+
+
+# Ops that return a block (hft_op codes), and the owner of a block that is NULL (HAK_OWNER_NONE).
+_ALLOC_OPS = bytes(1 if b in (TraceOp.MALLOC.code, TraceOp.CALLOC.code, TraceOp.MEMALIGN.code, TraceOp.LIBC_MALLOC.code, TraceOp.REALLOC.code) else 0 for b in range(256))
+_IS_ZERO = bytes([1]) + bytes(255)
+
+
+def _first_failed_alloc(results: mmap.mmap, tf: TraceFile, n: int, limit: int | None) -> model.AllocFailure | None:
+    """The first event that asked for a non-zero size and got NULL (the memory limit, or an
+    impossible size). The oracle records owner NONE for a NULL block: candidates are found in
+    bulk from the op and owner columns, then checked one by one."""
+    if n == 0:
+        return None
+    ro = tf.records_offset
+    ops = tf._map[ro : ro + n * RECORD_SIZE : RECORD_SIZE].translate(_ALLOC_OPS)
+    off = HEADER_SIZE + native.HfrEvent.owner.offset
+    owners = results[off : HEADER_SIZE + n * EVENT_SIZE : EVENT_SIZE].translate(_IS_ZERO)
+    both = (int.from_bytes(ops, "little") & int.from_bytes(owners, "little")).to_bytes(n, "little")
+    done = model.EventStatus.DONE.code
+    i = both.find(1)
+    while i != -1:
+        ev = native.HfrEvent.from_buffer_copy(results, HEADER_SIZE + i * EVENT_SIZE)
+        rec = tf.get_record(i)
+        size = rec.size * rec.arg if rec.op == TraceOp.CALLOC.code else rec.size
+        if ev.status == done and ev.ptr == 0 and size > 0:
+            return model.AllocFailure(i, _op_name(rec.op), size, limit or None)
+        i = both.find(1, i + 1)
+    return None
 
 
 # Outcomes that are not anomalies: NONE (0) and CORRECT (1).
@@ -324,6 +433,19 @@ def _anomaly_indices(results: mmap.mmap, n: int, cap: int) -> list[int]:
     while i != -1 and len(out) < cap:
         out.append(i)
         i = flags.find(1, i + 1)
+    return out
+
+
+def _started(results: mmap.mmap, n: int) -> list[int]:
+    """Indices of the events left STARTED (running when the child died), in trace order."""
+    start = HEADER_SIZE + native.HfrEvent.status.offset
+    statuses = results[start : HEADER_SIZE + n * EVENT_SIZE : EVENT_SIZE]
+    code = model.EventStatus.STARTED.code
+    out: list[int] = []
+    i = statuses.find(code)
+    while i != -1 and len(out) < 1024:
+        out.append(i)
+        i = statuses.find(code, i + 1)
     return out
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Iterable
 
 from forensics.errors import BadInputError
+from forensics.safeio import open_input
 from forensics.model import (
     Correlation,
     EscapedRegion,
@@ -73,31 +74,33 @@ NULL_PATH = "\0null"  # the "allocation path" of free(NULL)
 _SEQ_INF = 1 << 64
 
 # ------------------------------------------------------------------------------ formats
+# Numbers have at most 20 digits (hakmem prints 64-bit values): a longer one makes the line
+# malformed, never a multi-thousand-digit int().
 ROUTE_RE = re.compile(
-    rb"\[hakmem-route\] seq=(\d+) tid=(\d+) ptr=(0x[0-9a-fA-F]+|\(nil\)) route=([a-z0-9_]+) action=([a-z0-9_]+) "
+    rb"\[hakmem-route\] seq=(\d{1,20}) tid=(\d{1,20}) ptr=(0x[0-9a-fA-F]+|\(nil\)) route=([a-z0-9_]+) action=([a-z0-9_]+) "
     rb"tried=([a-z0-9,]+|-) hit=([a-z0-9,]+|-) probe=(-|readable|unreadable) magic=(0x[0-9a-fA-F]+|-) "
-    rb"method=(-?\d+|-)(?: [a-z_]+=\S*)*\r?$"
+    rb"method=(-?\d{1,20}|-)(?: [a-z_]+=\S*)*\r?$"
 )
 ALLOC_RE = re.compile(
-    rb"\[hakmem-alloc\] seq=(\d+) free_seq=(\d+) tid=(\d+) ptr=0x([0-9a-fA-F]+) size=(\d+) align=(\d+) "
+    rb"\[hakmem-alloc\] seq=(\d{1,20}) free_seq=(\d{1,20}) tid=(\d{1,20}) ptr=0x([0-9a-fA-F]+) size=(\d{1,20}) align=(\d{1,20}) "
     rb"path=([a-z0-9_]+)(?: [a-z_]+=\S*)*\r?$"
 )
 REG_RE = re.compile(
-    rb"\[hakmem-reg\] seq=(\d+) free_seq=(\d+) tid=(\d+) op=([a-z_]+) reg=([a-z0-9_]+) base=0x([0-9a-fA-F]+) "
-    rb"addr=0x([0-9a-fA-F]+) live=(\d+)(?: [a-z_]+=\S*)*\r?$"
+    rb"\[hakmem-reg\] seq=(\d{1,20}) free_seq=(\d{1,20}) tid=(\d{1,20}) op=([a-z_]+) reg=([a-z0-9_]+) base=0x([0-9a-fA-F]+) "
+    rb"addr=0x([0-9a-fA-F]+) live=(\d{1,20})(?: [a-z_]+=\S*)*\r?$"
 )
 INVALID_MAGIC_RE = re.compile(rb"\[hakmem\] ERROR: Invalid magic 0x([0-9A-Fa-f]+) \(expected 0x([0-9A-Fa-f]+)\)\r?$")
-UNKNOWN_METHOD_RE = re.compile(rb"\[hakmem\] ERROR: Unknown allocation method: (-?\d+)\r?$")
+UNKNOWN_METHOD_RE = re.compile(rb"\[hakmem\] ERROR: Unknown allocation method: (-?\d{1,20})\r?$")
 SKIP_RE = re.compile(rb"\[hakmem\] WARNING: Skipping free of invalid pointer (0x[0-9a-fA-F]+|\(nil\)) \(may leak memory\)\r?$")
 DUMP_RE = re.compile(rb"\[hakmem\] reqtrace for (0x[0-9a-fA-F]+|\(nil\)) \(region 0x([0-9a-fA-F]+)\):\r?$")
 CRASH_RE = re.compile(
-    rb"\[hakmem\] CRASH: ([A-Z0-9]+) fault=0x([0-9a-fA-F]+) ptr=0x([0-9a-fA-F]+) stage=(\S+) event=(\d+|-)"
-    rb"(?: free_seq=(\d+))?(?: \S+)*\r?$"
+    rb"\[hakmem\] CRASH: ([A-Z0-9]+) fault=0x([0-9a-fA-F]+) ptr=0x([0-9a-fA-F]+) stage=(\S+) event=(\d{1,20}|-)"
+    rb"(?: free_seq=(\d{1,20}))?(?: \S+)*\r?$"
 )
 PROCESS_RE = re.compile(
-    rb"\[hakmem\] PROCESS: pid=(\d+) ppid=(\d+) start=([a-z]+) free_seq=(\d+)(?: mode=(\S+))?(?: probe=(\S+))?(?: \S+)*\r?$"
+    rb"\[hakmem\] PROCESS: pid=(\d{1,20}) ppid=(\d{1,20}) start=([a-z]+) free_seq=(\d{1,20})(?: mode=(\S+))?(?: probe=(\S+))?(?: \S+)*\r?$"
 )
-STATS_RE = re.compile(rb"\[hakmem\] STATS: pid=(\d+) allocs=(\d+) frees=(\d+)(?: \S+)*\r?$")
+STATS_RE = re.compile(rb"\[hakmem\] STATS: pid=(\d{1,20}) allocs=(\d{1,20}) frees=(\d{1,20})(?: \S+)*\r?$")
 
 # Route classes (the seed's route names, docs/route-trace.md).
 INVALID_MAGIC_ROUTES = frozenset({"invalid_magic_tiny_recovery", "invalid_magic_skip", "invalid_magic_libc"})
@@ -280,9 +283,9 @@ class RouteLogAnalyzer:
         if name == "-":
             return self.feed_stream(sys.stdin.buffer, "<stdin>")
         try:
-            fh = open(name, "rb")
-        except OSError as exc:
-            raise BadInputError(f"{name}: cannot read log: {exc.strerror}") from None
+            fh = open_input(name, "log", stream_ok=True)  # a pipe (`<(zcat ...)`) streams too
+        except BadInputError as exc:
+            raise BadInputError(f"{name}: cannot read log: {str(exc)[len(name) + 2:]}") from None
         with fh:
             return self.feed_stream(fh, name)
 

@@ -307,15 +307,17 @@ class ExplorerApp(App[None]):
         self.query_one(EventTable).focus()
         self._refresh_summary()
         self._show_quick(self.query_one(EventTable).selected)
+        if getattr(self.columns, "note", ""):
+            self._status(self.columns.note)
 
     # ---- panes
     def _refresh_summary(self) -> None:
         counts = self.columns.get_counts(self.filter)
-        t = Table(title=f"{self.filter.describe()}: {counts.rows:,} events", title_justify="left", expand=True, show_edge=False)
+        t = Table(title=Text(f"{self.filter.describe()}: {counts.rows:,} events", style="table.title"), title_justify="left", expand=True, show_edge=False)
         t.add_column("route")
         t.add_column("frees", justify="right")
         for name, n in sorted(counts.routes.items(), key=lambda kv: -kv[1]):
-            t.add_row(name, f"{n:,}")
+            t.add_row(Text(name), f"{n:,}")
         o = Table(expand=True, show_edge=False)
         o.add_column("outcome")
         o.add_column("events", justify="right")
@@ -324,7 +326,8 @@ class ExplorerApp(App[None]):
         self.query_one("#summary", Static).update(Group(t, o))
 
     def _status(self, text: str) -> None:
-        self.query_one("#status", Static).update(text)
+        # status lines quote file names, filters the user typed and error messages: Text, never markup
+        self.query_one("#status", Static).update(Text(text))
 
     def _show_quick(self, index: int | None) -> None:
         """What the saved records say about an event, at once (no replay)."""
@@ -484,7 +487,8 @@ class ExplorerApp(App[None]):
     def action_export_json(self) -> None:
         path = Path("hakmem-forensics-view.json")
         doc = {"schema": "hakmem-forensics/view/1", "source": self.source, "filter": self.filter.describe(), "events": self._view_rows()}
-        path.write_text(json.dumps(doc, indent=1))
+        if not self._write(path, json.dumps(doc, indent=1)):
+            return
         self._status(f"exported {len(doc['events']):,} events to {path}")
 
     def action_export_html(self) -> None:
@@ -502,8 +506,22 @@ class ExplorerApp(App[None]):
             f"<h1>{html_report._e(self.source)}</h1><p>{html_report._e(self.filter.describe())}</p>"
             f"<table><tr><th>event</th><th>thread</th><th>op</th><th>ptr</th><th>route</th><th>outcome</th></tr>{body}</table>{exp}",
         )
-        path.write_text(page)
+        if not self._write(path, page):
+            return
         self._status(f"exported {len(rows):,} events to {path}")
+
+    def _write(self, path: Path, text: str) -> bool:
+        """Write an export whole or not at all (a temporary file renamed into place); a failure is
+        a status line, never the end of the app."""
+        from forensics.errors import BadInputError
+        from forensics.safeio import write_text_atomic
+
+        try:
+            write_text_atomic(path, text)
+        except BadInputError as exc:
+            self._status(f"not exported: {exc}")
+            return False
+        return True
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -125,7 +125,7 @@ def test_convert_output_encoding_from_name(tmp_path):
     assert read_header(tmp_path / "x.out") == read_header(src)
 
 
-@pytest.mark.parametrize("bad", sorted(p.name for p in (FIXTURES / "bad").iterdir() if p.suffix != ".err"))
+@pytest.mark.parametrize("bad", sorted(p.name for p in (FIXTURES / "bad").iterdir() if p.is_file() and p.suffix != ".err"))
 def test_convert_bad_input(bad, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "out.any"

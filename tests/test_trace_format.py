@@ -29,7 +29,7 @@ from forensics.trace.text import format_event
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 GOOD_FIXTURES = sorted(FIXTURES.glob("*.trace"))
-BAD_FIXTURES = sorted(p for p in (FIXTURES / "bad").iterdir() if p.suffix != ".err")
+BAD_FIXTURES = sorted(p for p in (FIXTURES / "bad").iterdir() if p.is_file() and p.suffix != ".err")  # bad/<reader>/: other readers
 
 
 def _doc_example() -> str:

@@ -53,6 +53,9 @@ static struct {
     API_FN(hak_probe_name);
     API_FN(hak_reqtrace_op_name);
     API_FN(hak_owner);
+    API_FN(hak_owner_kind);
+    API_FN(hak_alloc_owner_kind);
+    API_FN(hak_free_owner_kind_at);
     API_FN(hak_debug_free_state);
     API_FN(hak_get_stats);
     API_FN(hak_debug_check);
@@ -963,6 +966,87 @@ static void sc_early_release(void) {
     agg_report(&a, "early release, probe safe: free of the orphaned block takes unmapped_header_fallback");
 }
 
+/* hak_owner_kind must say what hak_owner says: the kind, and (state LIVE, block_ptr == addr). */
+static void kind_agrees(agg_t *a, const void *addr, const char *what) {
+    hak_owner_info o;
+    memset(&o, 0xAB, sizeof o);
+    H.hak_owner(addr, &o);
+    uint32_t want = o.kind | (o.state == HAK_BLOCK_LIVE && o.block_ptr == (uintptr_t)addr ? HAK_OWNER_LIVE_BLOCK : 0u);
+    uint32_t got = H.hak_owner_kind(addr);
+    AGG(a, got == want, "%s %p: hak_owner_kind %#x, hak_owner says %#x (%s, state %u, block %#lx)", what, addr, got, want,
+        owner_kind_name(o.kind), o.state, (unsigned long)o.block_ptr);
+}
+
+static void sc_owner_kind(void) {
+    agg_t a = {0};
+    knob("HAKMEM_WHALE", "1");
+    size_t sizes[] = {1, 8, 24, 100, 1024, 1025, 4000, 32736, 40000, 600000, 1048544, 1048545, 3 << 20};
+    void *p[sizeof sizes / sizeof sizes[0]];
+    int n = (int)(sizeof sizes / sizeof sizes[0]);
+    for (int i = 0; i < n; i++) {
+        p[i] = H.hak_alloc_at(sizes[i], 0);
+        uint32_t fresh = H.hak_alloc_owner_kind(p[i]);
+        kind_agrees(&a, p[i], "just allocated");   /* the thread's-last-allocation answer */
+        AGG(&a, fresh == H.hak_owner_kind(p[i]), "size %zu: hak_alloc_owner_kind %#x, hak_owner_kind %#x", sizes[i], fresh,
+            H.hak_owner_kind(p[i]));
+    }
+    for (int i = 0; i < n; i++) {
+        kind_agrees(&a, p[i], "live");
+        kind_agrees(&a, (char *)p[i] + 1, "interior");
+        kind_agrees(&a, (char *)p[i] - HAK_HEADER_SIZE, "header");
+    }
+    void *al = H.hak_memalign_at(8192, 5000, 0), *at = H.hak_memalign_at(64, 48, 0);
+    kind_agrees(&a, al, "memalign 8192");
+    kind_agrees(&a, at, "memalign 64 (tiny)");
+    for (int i = 0; i < n; i += 2) H.hak_free_at(p[i], 0, 0);
+    for (int i = 0; i < n; i++) kind_agrees(&a, p[i], i % 2 ? "live after frees" : "freed or cached");
+    int local = 0;
+    kind_agrees(&a, &local, "stack");
+    kind_agrees(&a, NULL, "NULL");
+    void *r = H.hak_alloc_at(64, 0);
+    void *r2 = H.hak_realloc_at(r, 128, 0);
+    kind_agrees(&a, r2, "realloc'd");
+    kind_agrees(&a, r, "realloc's old block");
+    agg_report(&a, "hak_owner_kind agrees with hak_owner: Tiny, Mid, L25, MMAP, cached, interior, header, freed, "
+                   "memalign, realloc, stack, NULL; hak_alloc_owner_kind right after each allocation agrees too");
+
+    /* hak_free_owner_kind_at: the owner as it stood before the free, and the same free. */
+    for (int i = 1; i < n; i += 2) {
+        uint32_t before = H.hak_owner_kind(p[i]);
+        hak_free_decision d1, d0;
+        int had = H.hak_last_free_decision(&d0) == HAK_OK;
+        uint32_t k = H.hak_free_owner_kind_at(p[i], 0, 0);
+        int made = H.hak_last_free_decision(&d1) == HAK_OK && (!had || d1.seq == d0.seq + 1) && d1.ptr == (uintptr_t)p[i];
+        AGG(&a, k == before && made && (H.hak_owner_kind(p[i]) & HAK_OWNER_LIVE_BLOCK) == 0,
+            "size %zu: hak_free_owner_kind_at %#x (before: %#x), decision made %d, live after %#x", sizes[i], k, before,
+            made, H.hak_owner_kind(p[i]));
+    }
+    uint8_t *twice = H.hak_alloc_at(48, 0);
+    uint32_t k1 = H.hak_free_owner_kind_at(twice, 0, 0), k2 = H.hak_free_owner_kind_at(twice, 0, 0);
+    AGG(&a, k1 == (HAK_OWNER_TINY | HAK_OWNER_LIVE_BLOCK) && k2 == HAK_OWNER_TINY,
+        "the block just allocated freed twice: %#x then %#x (live tiny, then freed tiny)", k1, k2);
+    agg_report(&a, "hak_free_owner_kind_at: the owner before the free (a second free sees it freed), and the free's "
+                   "decision is made");
+
+    /* MALLOC method, and a SuperSlab released under a block this thread just allocated: the
+     * last-allocation answer must not outlive the release. */
+    knob("HAKMEM_POOL", "0");
+    void *m = H.hak_alloc_at(3000, 0);
+    kind_agrees(&a, m, "MALLOC method, just allocated");
+    kind_agrees(&a, (char *)m + 8, "MALLOC method, interior");
+    knob("HAKMEM_SS_EARLY_RELEASE", "1");
+    uint8_t *x = H.hak_alloc_at(200, 0), *y = H.hak_alloc_at(200, 0);
+    kind_agrees(&a, y, "just allocated, before the early release");
+    H.hak_free_at(x, 0, 0);
+    hak_owner_info o = {0};
+    H.hak_owner(y, &o);
+    kind_agrees(&a, y, "just allocated, SuperSlab released by a free since");
+    agg_report(&a, "hak_owner_kind agrees with hak_owner: MALLOC method; after an early release (owner %s)",
+               owner_kind_name(o.kind));
+    AGG(&a, o.kind == HAK_OWNER_NONE, "the early release left %s", owner_kind_name(o.kind));
+    agg_report(&a, "early release: the block just allocated has no owner any more");
+}
+
 static void sc_drop_ss(void) {
     knob("HAKMEM_MODE", "direct");
     knob("HAKMEM_SUPER_REG_REQTRACE", "1");
@@ -1484,6 +1568,9 @@ static int resolve(void *lib) {
     RES(hak_get_knob); RES(hak_knob_names); RES(hak_last_error); RES(hak_get_geometry);
     RES(hak_last_free_decision); RES(hak_route_ring_get); RES(hak_route_ring_clear); RES(hak_route_name);
     RES(hak_action_name); RES(hak_stage_name); RES(hak_probe_name); RES(hak_reqtrace_op_name); RES(hak_owner);
+    RES(hak_owner_kind);
+    RES(hak_alloc_owner_kind);
+    RES(hak_free_owner_kind_at);
     RES(hak_debug_free_state); RES(hak_get_stats); RES(hak_debug_check); RES(hak_super_reg_reqtrace_dump);
     RES(hak_super_reg_reqtrace_get); RES(hak_super_reg_reqtrace_clear);
 #undef RES
@@ -1546,6 +1633,7 @@ int main(void) {
     run_scenario("reqtrace", sc_reqtrace);
     run_scenario("cache reuse of memalign blocks", sc_cache_reuse);
     run_scenario("SuperSlab early release", sc_early_release);
+    run_scenario("owner kind", sc_owner_kind);
     run_scenario("SuperSlab registration dropped", sc_drop_ss);
     run_scenario("capacity fault, probe safe", sc_capacity_safe);
     run_scenario("capacity fault, probe seed-mincore", sc_seed_mincore);

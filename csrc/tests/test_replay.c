@@ -223,7 +223,7 @@ typedef struct replay_run {
     int status;             /* wait status of the child */
 } replay_run;
 
-enum { MODE_REPLAY = 0, MODE_STEP = 1 };
+enum { MODE_REPLAY = 0, MODE_STEP = 1, MODE_REPLAY_ZEROED = 2 };
 enum { BIND_LIB = 0, BIND_LIBC = 1, BIND_TABLE_MIN = 2 };
 
 static void run_free(replay_run *rr) {
@@ -273,8 +273,12 @@ static void run_child(tb *t, const char *const *knobs, int bind, int mode, const
         }
         hak_stats st0;
         H.hak_get_stats(&st0);
-        if (mode == MODE_REPLAY) {
-            ci->rc = hfd_replay(t->buf, t->len, rr->res, rr->ev, o);
+        if (mode == MODE_REPLAY || mode == MODE_REPLAY_ZEROED) {
+            /* run_prepare's fresh mapping is all zero, and the trace is not written to after
+             * tb_build: what HFD_REPLAY_ZEROED and HFD_REPLAY_VALIDATED ask of their caller */
+            if (mode == MODE_REPLAY) ci->rc = hfd_replay(t->buf, t->len, rr->res, rr->ev, o);
+            else if (hfd_trace_validate(t->buf, t->len) != HFD_OK) ci->rc = -100;
+            else ci->rc = hfd_replay_ex(t->buf, t->len, rr->res, rr->ev, o, HFD_REPLAY_ZEROED | HFD_REPLAY_VALIDATED);
             snprintf(ci->err, sizeof ci->err, "%s", hfd_last_error());
         } else {
             hfd_step_options(o);
@@ -444,10 +448,11 @@ static void sc_basic(void) {
     tb t;
     basic_trace(&t, exp);
     hfr_options o = {0, 0, 1};
-    replay_run rr = {0}, st = {0}, rc = {0};
+    replay_run rr = {0}, st = {0}, rc = {0}, rz = {0};
     run_prepare(&t, &rr);
     run_prepare(&t, &st);
     run_prepare(&t, &rc);
+    run_prepare(&t, &rz);
     run_child(&t, NULL, BIND_LIB, MODE_REPLAY, &o, &rr);
     if (child_ok(&rr, "basic")) {
         const hfr_header *h = rr.res;
@@ -498,6 +503,19 @@ static void sc_basic(void) {
         check(first_diff == t.n, d, "basic: hfd_step gives byte-identical records to hfd_replay (%zu events)", t.n);
     }
 
+    /* hfd_replay_ex on a zeroed array and a validated trace: the same records, without clearing
+     * or validating first. */
+    run_child(&t, NULL, BIND_LIB, MODE_REPLAY_ZEROED, &o, &rz);
+    if (child_ok(&rz, "basic, zeroed") && child_ok(&rr, "basic (again)")) {
+        size_t diff = t.n;
+        for (size_t i = 0; i < t.n && diff == t.n; i++)
+            if (memcmp(&rz.ev[i], &rr.ev[i], sizeof(hfr_event)) != 0) diff = i;
+        check(rz.ci->rc == HFD_OK && diff == t.n && rz.res->state == HFR_STATE_DONE && rz.res->events_done == t.n, rz.ci->err,
+              "basic: hfd_replay_ex (zeroed, validated) gives byte-identical records to hfd_replay (first difference: "
+              "event %zu of %zu)",
+              diff, t.n);
+    }
+
     /* A clean heap passes the check after every event. */
     hfr_options oc = {1, 0, 1};
     run_child(&t, NULL, BIND_LIB, MODE_REPLAY, &oc, &rc);
@@ -518,6 +536,7 @@ static void sc_basic(void) {
     }
     run_free(&rc);
     run_free(&st);
+    run_free(&rz);
 
     /* Without the oracle: owners unknown, frees judged by route alone (all correct here). */
     hfr_options nj = {0, 0, 0};
@@ -973,6 +992,20 @@ static void sc_bad_traces(void) {
                   strstr(rr.res->error, "realloc needs hak_realloc_at") && rr.res->state == HFR_STATE_FAILED,
               "realloc with an allocator without hak_realloc_at: HFD_ENOSYM (\"%s\")", rr.res->error);
     run_free(&rr);
+    run_child(&bt, NULL, BIND_TABLE_MIN, MODE_REPLAY_ZEROED, &o, &rr);   /* validated beforehand: the ops still checked */
+    if (child_ok(&rr, "no realloc, validated"))
+        CHECK(rr.ci->rc == HFD_ENOSYM && strstr(rr.res->error, "event 1 (byte offset") &&
+                  strstr(rr.res->error, "realloc needs hak_realloc_at") && rr.res->events_done == 0,
+              "hfd_replay_ex (validated): realloc without hak_realloc_at is still HFD_ENOSYM (\"%s\")", rr.res->error);
+    run_free(&rr);
+    {
+        hfr_header hh;
+        memset(&hh, 0, sizeof hh);
+        hfr_event ev1[8];
+        int frc = hfd_replay_ex(bt.buf, bt.len, &hh, ev1, &o, 4u);
+        CHECK(frc == HFD_EINVAL && strstr(hfd_last_error(), "unknown flags"), "hfd_replay_ex with an unknown flag: HFD_EINVAL (\"%s\")",
+              hfd_last_error());
+    }
 
     /* A minimal table (alloc + free only): no owner, no decisions, no check. */
     tb_free(&bt);
@@ -1074,6 +1107,9 @@ static void drain(int fd, char *buf, size_t cap) {
     buf[n] = '\0';
 }
 
+/* Bytes the next run_exe writes into its result memfd first (0: none): a reused file. */
+static size_t g_prefill;
+
 /* Runs hfreplay with argv (NULL-terminated, without argv[0]); the result file is a memfd
  * passed as --results-fd unless use_fd is 0. */
 static void run_exe(const char *const *args, int use_fd, exe_run *er) {
@@ -1086,6 +1122,13 @@ static void run_exe(const char *const *args, int use_fd, exe_run *er) {
     for (const char *const *a = args; *a && k < 34; a++) argv[k++] = *a;
     if (use_fd) {
         mfd = (int)syscall(SYS_memfd_create, "hfreplay-results", 0u);
+        if (g_prefill) {
+            static char junk[4096];
+            memset(junk, 0xA5, sizeof junk);
+            for (size_t off = 0; off < g_prefill; off += sizeof junk)
+                if (write(mfd, junk, sizeof junk) != (ssize_t)sizeof junk) break;
+            g_prefill = 0;
+        }
         snprintf(fdarg, sizeof fdarg, "%d", mfd);
         argv[k++] = "--results-fd";
         argv[k++] = fdarg;
@@ -1339,6 +1382,60 @@ static void run_scenario(const char *name, void (*fn)(void)) {
 }
 
 /* hfd_check_window / --check-from --check-to: only a window of events is checked. */
+/* --time and --floor print one "timing:" line; a result fd that held old bytes ends up with
+ * exactly the records of a fresh one (the replay punches it clean or clears it). */
+static void sc_exe_timing(void) {
+    tb t;
+    tb_init(&t, NULL);
+    for (uint32_t k = 1; k <= 40; k++) MALLOC(&t, 1, k, 16 + 40 * k);
+    for (uint32_t k = 1; k <= 40; k += 2) FREE(&t, 1, k);
+    char path[512];
+    tb_write(&t, path, sizeof path);
+    char want[96];
+    snprintf(want, sizeof want, "timing: phase=replay events=%zu seconds=", t.n);
+    exe_run er;
+    const char *timed[] = {path, "--lib", g_lib_path, "--time", "--quiet", NULL};
+    run_exe(timed, 1, &er);
+    CHECK(WIFEXITED(er.status) && WEXITSTATUS(er.status) == 0 && strstr(er.out, want) && strstr(er.out, "cpu_seconds=") &&
+              !strstr(er.out, "routes") && er.res && er.res->state == HFR_STATE_DONE,
+          "hfreplay --time --quiet: exit 0, only the timing line (\"%.*s\")", (int)strcspn(er.out, "\n"), er.out);
+    exe_free(&er);
+    /* A reused result file: the seed's crash stops the replay early, and every record after the
+     * crashing event must still read PENDING (all zero), not the file's old bytes. */
+    tb tc;
+    size_t ci = crash_trace(&tc, 0);
+    char cpath[512];
+    tb_write(&tc, cpath, sizeof cpath);
+    g_prefill = 8u << 20;   /* bigger than the result file: ftruncate keeps old bytes everywhere */
+    const char *crash_args[] = {cpath, "--lib", g_lib_path, "--quiet", NULL};
+    run_exe(crash_args, 1, &er);
+    size_t dirty = 0, n_after = 0;
+    if (er.res) {
+        const unsigned char *ev = (const unsigned char *)(er.res + 1);
+        for (size_t i = ci + 1; i < tc.n; i++, n_after++)
+            for (size_t b = 0; b < sizeof(hfr_event); b++) dirty += ev[i * sizeof(hfr_event) + b] != 0;
+    }
+    CHECK(WIFSIGNALED(er.status) && WTERMSIG(er.status) == SIGSEGV && er.res && n_after > 0 && dirty == 0,
+          "hfreplay crashing on a result fd full of old bytes: the %zu records after the crash read PENDING (%zu nonzero "
+          "bytes)", n_after, dirty);
+    exe_free(&er);
+    unlink(cpath);
+    tb_free(&tc);
+    snprintf(want, sizeof want, "timing: phase=floor events=%zu seconds=", t.n);
+    const char *fl[] = {path, "--lib", g_lib_path, "--floor", NULL};
+    run_exe(fl, 1, &er);
+    CHECK(WIFEXITED(er.status) && WEXITSTATUS(er.status) == 0 && strstr(er.out, want) && !strstr(er.out, "routes"),
+          "hfreplay --floor: exit 0, the timing line (\"%.*s\")", (int)strcspn(er.out, "\n"), er.out);
+    exe_free(&er);
+    const char *flc[] = {path, "--libc", "--floor", NULL};
+    run_exe(flc, 1, &er);
+    CHECK(WIFEXITED(er.status) && WEXITSTATUS(er.status) == 0 && strstr(er.out, want),
+          "hfreplay --libc --floor: exit 0, the timing line");
+    exe_free(&er);
+    unlink(path);
+    tb_free(&t);
+}
+
 static void sc_check_window(void) {
     tb t;
     tb_init(&t, NULL);
@@ -1444,6 +1541,7 @@ int main(void) {
     run_scenario("hfreplay: registry-escape crash", sc_exe_crash);
     run_scenario("hfreplay: errors", sc_exe_errors);
     run_scenario("consistency check window", sc_check_window);
+    run_scenario("hfreplay: --time, --floor, a reused result file", sc_exe_timing);
 
     printf("%d passed, %d failed\n", R->passed, R->failed);
     return R->failed ? 1 : 0;

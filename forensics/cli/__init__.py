@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from forensics import __version__
-from forensics.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, ForensicsError
+from forensics.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, ForensicsError
 
 PROG = "hakmem-forensics"
 ENV_TRACEBACK = "HAKMEM_FORENSICS_TRACEBACK"
@@ -19,7 +19,8 @@ EXIT_CODES_EPILOG = (
     "Exit status: 0 analysis completed (even one that found a crash); "
     "2 usage error (bad option or argument); "
     f"{EXIT_BAD_INPUT} bad input (missing file, not an ELF library, unloadable library, bad value); "
-    f"{EXIT_INTERNAL} internal error (a bug in the toolkit; set {ENV_TRACEBACK}=1 for the traceback)."
+    f"{EXIT_INTERNAL} internal error (a bug in the toolkit; set {ENV_TRACEBACK}=1 for the traceback); "
+    f"{EXIT_INTERRUPTED} interrupted (Ctrl-C) during a replay, after reporting and saving the partial result."
 )
 
 
@@ -50,6 +51,11 @@ class ForensicsGroup(TyperGroup):
             return super().invoke(ctx)
         except _PASSTHROUGH:
             raise
+        except KeyboardInterrupt:
+            # Ctrl-C outside a replay's wait (a replay handles it itself and reports the partial
+            # result): every output is written to a temporary file first, so nothing is half-written
+            _error("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except ForensicsError as exc:
             _error(str(exc))
             raise typer.Exit(exc.exit_code) from None

@@ -114,7 +114,7 @@ def diff(
             raise BadInputError(f"{a}: a replay result; give a second one (diff A B), or give a trace with two configurations")
         side_a, side_b = _side_configs(probe, lib, mode, allocator, knob or [], knob_a or [], knob_b or [], threads, timeout)
         err = make_console(stderr=True)
-        with Progress(TextColumn("replaying {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True, disable=quiet) as bar:
+        with Progress(TextColumn("replaying {task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True, disable=quiet or not err.is_terminal) as bar:
             tasks = {s.label: bar.add_task(s.label, total=None) for s in (side_a, side_b)}
 
             def progress(label: str, done: int, total: int) -> None:

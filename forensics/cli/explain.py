@@ -14,6 +14,7 @@ from forensics.errors import BadInputError
 from forensics.replay import ReplayConfig, run_replay
 from forensics.report import explain as explain_report
 from forensics.report import html as html_report
+from forensics.safeio import open_input
 from forensics.saved import open_result, save_result
 from forensics.theme import make_console
 
@@ -63,7 +64,5 @@ def explain(
 
 
 def _is_saved_result(path: Path) -> bool:
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such file")
-    with open(path, "rb") as fh:
-        return fh.read(4) == b"PK\x03\x04"
+    with open_input(path, "saved result or trace") as fh:
+        return fh.read(4) in (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive, an empty one too

@@ -45,7 +45,7 @@ def progress_reporter(label: str, total: int | None, *, enabled: bool) -> Iterat
     if not enabled or not console.is_terminal:
         yield None
         return
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     if total:
         columns.append(TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:

@@ -81,7 +81,7 @@ def minimize(
         TextColumn("{task.fields[replays]:>5,} replays"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=err, transient=True, disable=quiet) as bar:
+    with Progress(*columns, console=err, transient=True, disable=quiet or not err.is_terminal) as bar:
         task = bar.add_task("minimize", total=None, phase="replay", size=0, replays=0)
         first: list[int] = []
 

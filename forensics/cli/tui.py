@@ -11,17 +11,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from forensics import fixtures
 from forensics.browse import from_saved
-from forensics.errors import BadInputError
 from forensics.replay import ReplayConfig, run_replay
+from forensics.safeio import open_input
 from forensics.saved import open_result, save_result
 from forensics.theme import make_console
 
 
 def _kind(path: Path) -> str:
     """"result" (a saved result), "trace", or "log" (anything else: hakmem's stderr, plain or gzip)."""
-    with open(path, "rb") as fh:
+    with open_input(path, "saved result, trace or log") as fh:
         head = fh.read(64)
-    if head[:4] == b"PK\x03\x04":
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive (an empty one too: open_result says what is wrong)
         return "result"
     if head[:8] == b"HKTRACE\0" or head.startswith(b"# hakmem-trace v1"):
         return "trace"
@@ -39,8 +39,6 @@ def tui(
     from forensics.tui import ExplorerApp
 
     path = source if source is not None else fixtures.find_fixture()
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such file")
     kind = _kind(path)
     if kind == "log":
         from forensics.browse import from_log
@@ -50,7 +48,8 @@ def tui(
     with tempfile.TemporaryDirectory(prefix="hakmem-forensics-") as tmp:
         if kind == "trace":
             config = ReplayConfig(probe=probe)
-            with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=make_console(stderr=True), transient=True) as bar:
+            err = make_console(stderr=True)
+            with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
                 task = bar.add_task("replay", total=None)
                 result = run_replay(path, config, progress=lambda d, t: bar.update(task, completed=d, total=t), keep_events=True)
             saved_path = save_result(result, config, Path(tmp) / "result.hfres")

@@ -48,7 +48,7 @@ def verify(
     )
     err = make_console(stderr=True)
     quiet = json_out == "-"
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True, disable=quiet) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True, disable=quiet or not err.is_terminal) as bar:
         task = bar.add_task("verify", total=None)
 
         def progress(what: str, done: int, total: int) -> None:

@@ -9,7 +9,16 @@ per op and per thread, and the forensic findings. The input streams (plain, .gz,
 with one member): memory holds the live set, never the file.
 
 A malformed line is an ImportFormatError naming file and line; with ``lenient`` it is
-counted, the first few are kept for the report, and the import goes on.
+counted, the first few are kept for the report, and the import goes on. A number out of the
+trace format's range (an address or size above 2**64-1, a negative size, a thread id above
+2**32-1) is a malformed line too. Damage in a compressed input (a truncated or corrupt gzip
+or zip stream) stops the import with the line it reached.
+
+Memory is bounded whatever the log says (docs/trace-format.md, "Importers"): a line is read
+64 KiB at most; the live set holds at most ``max_live`` blocks (DEFAULT_MAX_LIVE) and the
+memory of freed blocks ``freed_limit`` (addrmap.DEFAULT_FREED_LIMIT); a log may hold at most
+``max_processes`` processes (DEFAULT_MAX_PROCESSES: one trace file each). Going past a limit
+stops the import with FILE:LINE and the option that raises it, lenient or not.
 """
 
 from __future__ import annotations
@@ -20,18 +29,25 @@ import os
 import resource
 import time
 import zipfile
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
 from forensics import model
 from forensics.errors import BadInputError
+from forensics.safeio import open_input
 from forensics.importers.addrmap import DEFAULT_FREED_LIMIT, AddressMapper
 from forensics.trace import TraceHeader, open_writer
 from forensics.trace.records import OP_CALLOC, OP_MALLOC, OP_MEMALIGN, OP_NAMES
 
 FORMATS = ("valgrind", "android", "mtrace")
 MAX_MALFORMED_SAMPLES = 20
+DEFAULT_MAX_LIVE = 1 << 22  # blocks live at once: ~1 GiB of mapper state at most
+DEFAULT_MAX_PROCESSES = 256  # processes of one log (each has its own trace file open)
+_U32 = (1 << 32) - 1
+_U64 = (1 << 64) - 1
+_I64 = (1 << 63) - 1
 
 # Call kinds a parser yields: (pid, tid, kind, a, b, c, site, line, extra)
 K_MALLOC = 1  # a = returned address, b = size
@@ -54,6 +70,47 @@ class ImportFormatError(BadInputError):
         super().__init__(f"{file}:{line}: {reason}")
 
 
+class _StreamDamage(Exception):
+    """iter_lines hit damage in a compressed stream after `line` good lines."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(reason)
+        self.line = line
+        self.reason = reason
+
+
+def _range_problem(kind: int, tid: int, a: int, b: int, c: int, site: int = 0) -> str | None:
+    """Why a call's numbers do not fit the trace format (docs/trace-format.md), or None."""
+    if not 0 <= tid <= _U32:
+        return f"thread id {_short(str(tid))} is out of range (0..{_U32})"
+    if not 0 <= site <= _U64:
+        return f"call site {_short(hex(site))} is out of range (max {_U64:#x})"
+    if kind == K_MALLOC:
+        checks = (("address", a, _U64), ("size", b, _U64))
+    elif kind == K_FREE:
+        checks = (("address", a, _U64),)
+    elif kind == K_CALLOC:
+        checks = (("address", a, _U64), ("count", b, _I64), ("size", c, _U64))
+    elif kind == K_MEMALIGN:
+        checks = (("address", a, _U64), ("alignment", b, _I64), ("size", c, _U64))
+    elif kind == K_REALLOC:
+        checks = (("address", a, _U64), ("old address", b, _U64), ("size", c, _U64))
+    else:
+        return None
+    for label, value, hi in checks:
+        if value < 0:
+            return f"{label} {_short(str(value))} is negative"
+        if value > hi:
+            if "address" in label:
+                return f"{label} {_short(hex(value))} is out of range (max {hi:#x})"
+            return f"{label} {_short(str(value))} is out of range (max {hi})"
+    return None
+
+
+def _short(digits: str, limit: int = 40) -> str:
+    return digits if len(digits) <= limit else digits[:limit] + "..."
+
+
 class LineErrors:
     """Where a parser sends a malformed line: raise, or (lenient) count and keep a sample."""
 
@@ -72,13 +129,14 @@ class LineErrors:
 
 
 def show(text: bytes | str, limit: int = 60) -> str:
-    """A quoted, shortened rendering of input text for a one-line message."""
+    """A quoted, shortened rendering of input text for a one-line message: undecodable bytes and
+    control characters as \\xNN escapes (escaped once, as the trace reader shows them)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "backslashreplace")
     text = text.rstrip("\r\n")
     if len(text) > limit:
         text = text[:limit] + "..."
-    return repr(text)
+    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) + "'"
 
 
 # ---------------------------------------------------------------------------- input
@@ -86,20 +144,12 @@ def open_source(path: str | os.PathLike[str]) -> tuple[IO[bytes], str]:
     """A binary stream of the log's text (a .zip's only member, a .gz decompressed), and the
     name errors use for it (``FILE`` or ``FILE[member]``)."""
     p = Path(path)
-    if not p.exists():
-        raise BadInputError(f"{p}: no such file")
-    if p.is_dir():
-        raise BadInputError(f"{p}: is a directory")
-    try:
-        fh = open(p, "rb")
-    except OSError as exc:
-        raise BadInputError(f"{p}: cannot open: {exc.strerror}") from None
+    fh = open_input(p, "log")  # a regular file: the zip reader seeks, and a FIFO would block
     head = fh.read(4)
     fh.seek(0)
-    if head[:4] == b"PK\x03\x04":
-        fh.close()
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         try:
-            zf = zipfile.ZipFile(p)
+            zf = zipfile.ZipFile(fh)
             members = [i for i in zf.infolist() if not i.is_dir()]
             if not members:
                 raise BadInputError(f"{p}: the zip archive is empty")
@@ -109,11 +159,16 @@ def open_source(path: str | os.PathLike[str]) -> tuple[IO[bytes], str]:
                     raise BadInputError(f"{p}: the zip archive holds {len(members)} files; expected one log")
                 members = texts
             return zf.open(members[0]), f"{p}[{members[0].filename}]"
-        except (zipfile.BadZipFile, OSError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, ValueError) as exc:
+            fh.close()
             raise BadInputError(f"{p}: unreadable zip archive: {exc}") from None
+        except BadInputError:
+            fh.close()
+            raise
     if head[:2] == b"\x1f\x8b":
-        fh.close()
-        return gzip.open(p, "rb"), str(p)  # type: ignore[return-value]
+        gz = gzip.GzipFile(fileobj=fh, mode="rb")
+        gz.myfileobj = fh  # closed with it, as gzip.open does
+        return gz, str(p)  # type: ignore[return-value]
     return fh, str(p)
 
 
@@ -194,11 +249,14 @@ def import_file(
     freed_limit: int = DEFAULT_FREED_LIMIT,
     max_lines: int | None = None,
     progress: Callable[[int], None] | None = None,
+    max_live: int = DEFAULT_MAX_LIVE,
+    max_processes: int = DEFAULT_MAX_PROCESSES,
 ) -> model.ImportResult:
     """Import a log of format fmt (one of FORMATS) into output (.htb: binary, else text).
 
     max_lines: stop after that many input lines (a prefix; the traces are still valid).
-    On error every trace written so far is removed."""
+    max_live, max_processes: the memory bounds (module docstring); past one, the import stops.
+    On error every trace written so far is removed (the outputs keep what they had)."""
     if fmt not in FORMATS:
         raise BadInputError(f"unknown format {fmt!r} (choose from: {', '.join(FORMATS)})")
     from forensics.importers import android, mtrace, valgrind
@@ -208,14 +266,20 @@ def import_file(
     if out.is_dir():
         raise BadInputError(f"{out}: is a directory; -o names the trace file to write")
     start = time.monotonic()
+    if max_live < 1 or max_processes < 1:
+        raise BadInputError("--max-live and --max-processes must be at least 1")
     stream, name = open_source(path)
     errors = LineErrors(name, lenient)
     parser = parser_cls(errors)
+    parser.max_processes = max_processes
     sinks: dict[int | None, _Sink] = {}
     meta_learnt: list[tuple[str, str]] = []
     source_abs = str(Path(path).resolve())
 
-    def sink_for(pid: int | None) -> _Sink:
+    def sink_for(pid: int | None, line: int = 0) -> _Sink:
+        if len(sinks) >= max_processes:
+            raise ImportFormatError(name, line, f"more than {max_processes} processes in the log (one trace each; "
+                                                "--max-processes N raises the limit)")
         target = out if not sinks else output_name(out, pid if pid is not None else 0)
         meta: list[tuple[str, object]] = [("source", fmt), ("file", source_abs)]
         if name != str(path):
@@ -232,13 +296,18 @@ def import_file(
     verdicts = getattr(parser, "verdicts", False)
     try:
         try:
-            for pid, tid, kind, a, b, c, site, line, extra in parser.iter_calls(stream, max_lines):
+            for pid, tid, kind, a, b, c, site, line, extra in _guarded(parser.iter_calls(stream, max_lines), name):
                 if kind == K_META:
                     meta_learnt.append(extra)
                     continue
+                if kind <= K_THREAD_END:
+                    problem = _range_problem(kind, tid, a, b, c, site)
+                    if problem is not None:
+                        errors.bad(line, problem)
+                        continue
                 sink = sinks.get(pid)
                 if sink is None:
-                    sink = sink_for(pid)
+                    sink = sink_for(pid, line)
                 m = sink.mapper
                 m.where = line
                 if kind == K_MALLOC:
@@ -264,6 +333,9 @@ def import_file(
                 elif kind == K_VERDICT:
                     _verdict(sink, extra, line)
                 if len(m.events) >= 4096:
+                    if m.num_live > max_live:
+                        raise ImportFormatError(name, line, f"more than {max_live:,} blocks live at once (the "
+                                                            "importer's memory bound; --max-live N raises it)")
                     sink.flush()
                     if progress:
                         progress(line)
@@ -295,6 +367,14 @@ def import_file(
     )
 
 
+def _guarded(calls: Iterator[tuple], name: str) -> Iterator[tuple]:
+    """The parser's calls; damage in a compressed stream becomes FILE:LINE: reason."""
+    try:
+        yield from calls
+    except _StreamDamage as exc:
+        raise ImportFormatError(name, exc.line + 1, exc.reason) from None
+
+
 def _verdict(sink: _Sink, extra: tuple[str, int | None, int | None], line: int) -> None:
     kind, offset, block = extra
     if sink.last_release is None:
@@ -317,15 +397,22 @@ def iter_lines(stream: IO[bytes]) -> Iterator[bytes]:
         stream = io.BufferedReader(stream, 1 << 20)  # type: ignore[arg-type]
     readline = stream.readline
     limit = MAX_LINE_BYTES + 1
+    n = 0
     while True:
-        line = readline(limit)
+        try:
+            line = readline(limit)
+            if len(line) == limit and not line.endswith(b"\n"):
+                rest = line
+                while rest and not rest.endswith(b"\n"):
+                    rest = readline(limit)
+                line = line[:200] + _OVERLONG
+        except EOFError:
+            raise _StreamDamage(n, "truncated compressed stream (the file ends inside it)") from None
+        except (OSError, zlib.error, zipfile.BadZipFile) as exc:
+            raise _StreamDamage(n, f"damaged compressed stream: {exc}") from None
         if not line:
             return
-        if len(line) == limit and not line.endswith(b"\n"):
-            rest = line
-            while rest and not rest.endswith(b"\n"):
-                rest = readline(limit)
-            line = line[:200] + _OVERLONG
+        n += 1
         yield line
 
 

@@ -36,6 +36,7 @@ from forensics.trace.records import (
     OP_THREAD_END,
 )
 
+_I64_MAX = (1 << 63) - 1
 DEFAULT_FREED_LIMIT = 1 << 18  # ~40 MB at most; valgrind keeps 20 MB of freed blocks
 MAX_FINDINGS = 1000
 
@@ -193,7 +194,7 @@ class AddressMapper:
         if start is None or start == addr:
             return None
         obj, extent = self._live[start]
-        if addr < start + max(extent, 1):
+        if addr < start + max(extent, 1) and addr - start <= _I64_MAX:  # OFFSET is a signed 64-bit field
             return start, obj, extent
         return None
 
@@ -311,6 +312,11 @@ class AddressMapper:
             if new == 0:
                 if size:
                     self._count("failed_alloc")
+                return
+            if old == 0 and size == 0:
+                # realloc(NULL, 0) that returned a block is malloc(0): a trace realloc to size 0
+                # frees OLD and has no NEW (found by fuzzing the Android importer)
+                self.alloc(tid, OP_MALLOC, new, 0, 0, site, 0)
                 return
             if old == 0:
                 self._claim(tid, new, site)

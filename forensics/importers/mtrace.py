@@ -23,7 +23,7 @@ from typing import IO, Iterator
 from forensics.importers import K_FREE, K_MALLOC, K_REALLOC, LineErrors, iter_lines, show
 
 _LINE = re.compile(
-    r"^(?:@ (?P<caller>.*?) ?)?(?P<op>[-+<>!]) (?P<ptr>0x[0-9A-Fa-f]+|\(nil\))(?: (?P<size>0x[0-9A-Fa-f]+|\d+))?\s*$"
+    r"^(?:@ (?P<caller>.*?) ?)?(?P<op>[-+<>!]) (?P<ptr>0x[0-9A-Fa-f]+|\(nil\))(?: (?P<size>0x[0-9A-Fa-f]+|\d{1,20}))?\s*$"
 )
 _SITE = re.compile(r"\[(0x[0-9A-Fa-f]+)\]\s*$")
 

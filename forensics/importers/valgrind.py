@@ -29,6 +29,8 @@ import re
 from typing import IO, Iterator
 
 from forensics.importers import (
+    DEFAULT_MAX_PROCESSES,
+    ImportFormatError,
     K_CALLOC,
     K_FREE,
     K_MALLOC,
@@ -40,10 +42,12 @@ from forensics.importers import (
     show,
 )
 
-_PREFIX = re.compile(r"^(--|==|\*\*)(?:\d\d:\d\d:\d\d:\d\d\.\d+ )?(\d+)(?::\d+)?(?:--|==|\*\*) ?")
-_TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)\(([^()]*)\)|=\s*(0x[0-9A-Fa-f]+|\(nil\)|\d+))")
+_PREFIX = re.compile(r"^(--|==|\*\*)(?:\d\d:\d\d:\d\d:\d\d\.\d+ )?(\d{1,10})(?::\d+)?(?:--|==|\*\*) ?")
+# Decimal numbers have at most 20 digits (2**64-1 has 20): a longer one is malformed, never a
+# multi-thousand-digit int() (the import driver range-checks the rest).
+_TOKEN = re.compile(r"\s*(?:([A-Za-z_][A-Za-z0-9_]*)\(([^()]*)\)|=\s*(0x[0-9A-Fa-f]+|\(nil\)|\d{1,20}(?!\d)))")
 _CALL_START = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\(")
-_NUM = r"(\d+)"
+_NUM = r"(\d{1,20})"
 _PTR = r"(0x[0-9A-Fa-f]+|\(nil\)|0)"
 
 # name -> (kind, argument pattern). Kinds: 'size', 'size_al' (size N, al A), 'al_size' (al A,
@@ -116,6 +120,8 @@ class ValgrindParser:
     def __init__(self, errors: LineErrors) -> None:
         self.errors = errors
         self.lines = 0
+        self.max_processes = DEFAULT_MAX_PROCESSES  # distinct pids: every per-pid dict below is bounded by it
+        self._pids: set[int] = set()
         self._meta: dict[int | None, list[tuple[str, str]]] = {}
         self._pending: dict[int | None, _Pending | None] = {}
         self._verdict_due: dict[int | None, int] = {}  # pid -> line of the "Invalid free()" heading
@@ -138,6 +144,11 @@ class ValgrindParser:
             m = _PREFIX.match(text)
             if m:
                 kind, pid, body = m.group(1), int(m.group(2)), text[m.end():]
+                if pid not in self._pids:
+                    if len(self._pids) >= self.max_processes:
+                        raise ImportFormatError(self.errors.name, line_no, f"more than {self.max_processes} processes "
+                                                "in the log (one trace each; --max-processes N raises the limit)")
+                    self._pids.add(pid)
                 if kind == "==":
                     yield from self._tool_line(pid, body, line_no)
                     continue
@@ -213,13 +224,13 @@ class ValgrindParser:
             name, args = m.group(1), m.group(2)
             kind = classify(name)
             if kind is None:
-                bad(line_no, f"unknown traced function {name}(...)")
+                bad(line_no, f"unknown traced function {show(name)}(...)")
                 return  # the rest of a malformed line means nothing
             if kind == "ignore":
                 continue
             am = _ARGS[kind].match(args)
             if am is None:
-                bad(line_no, f"cannot read the arguments of {name}({args})")
+                bad(line_no, f"cannot read the arguments of {name}({show(args)[1:-1]})")
                 return
             pending = self._pending.get(pid)
             if kind == "free":
@@ -247,7 +258,7 @@ class ValgrindParser:
     def _result(self, pid: int | None, text: str, line_no: int) -> Iterator[tuple]:
         pending = self._pending.get(pid)
         if pending is None:
-            self.errors.bad(line_no, f"a result ({text}) with no call before it")
+            self.errors.bad(line_no, f"a result ({show(text)[1:-1]}) with no call before it")
             return
         self._pending[pid] = None
         value = _ptr(text) if text.startswith("0x") or text == "(nil)" else int(text)

@@ -118,8 +118,8 @@ def _delta(a: int, b: int) -> Text:
 def _table(title: str, unit: str, rows: list[tuple[str, int, int]], la: str, lb: str, style_of) -> Table:
     t = Table(title=title, title_justify="left", expand=False)
     t.add_column(unit)
-    t.add_column(la, justify="right")
-    t.add_column(lb, justify="right")
+    t.add_column(Text(la), justify="right")  # labels are file names: never markup
+    t.add_column(Text(lb), justify="right")
     t.add_column("Δ", justify="right")
     for name, a, b in rows:
         t.add_row(Text(name, style=style_of(name)), f"{a:,}", f"{b:,}", _delta(a, b))
@@ -198,8 +198,8 @@ def _divergence_panel(result: DiffResult) -> Panel:
         style="muted",
     )
     t = Table(show_header=True, expand=False, box=None, padding=(0, 3))
-    t.add_column(result.a.label, overflow="fold")
-    t.add_column(result.b.label, overflow="fold")
+    t.add_column(Text(result.a.label), overflow="fold")
+    t.add_column(Text(result.b.label), overflow="fold")
     t.add_row(Group(*_decision_lines(d.a, d.a_crashed, result.a, result.exact)), Group(*_decision_lines(d.b, d.b_crashed, result.b, result.exact)))
     return Panel(Group(head, what, agree, Text(), t), title=f"First divergence: event #{d.index}", border_style="warn", expand=False)
 
@@ -211,9 +211,10 @@ def render(result: DiffResult, console: Console) -> None:
     head.add_column()
     head.add_column()
     head.add_row("", Text(a.label, style="title"), Text(b.label, style="title"))
-    head.add_row("Source", a.source, b.source)
-    head.add_row("Allocator", a.allocator, b.allocator)
-    head.add_row("Knobs", " ".join(f"{k}={v}" for k, v in a.knobs.items()) or "(none)", " ".join(f"{k}={v}" for k, v in b.knobs.items()) or "(none)")
+    # paths, libraries and knob values come from the user and from the reports read: Text, never markup
+    head.add_row("Source", Text(a.source), Text(b.source))
+    head.add_row("Allocator", Text(a.allocator), Text(b.allocator))
+    head.add_row("Knobs", Text(" ".join(f"{k}={v}" for k, v in a.knobs.items()) or "(none)"), Text(" ".join(f"{k}={v}" for k, v in b.knobs.items()) or "(none)"))
     head.add_row("Replayed", f"{a.events_done:,} of {a.num_events:,} events", f"{b.events_done:,} of {b.num_events:,} events")
     head.add_row("Crash", _crash_text(a), _crash_text(b))
     console.print(head)

@@ -150,11 +150,12 @@ def explanation_renderable(e: Explanation, *, panel: bool = True) -> Any:
     grid.add_column()
     if e.event is not None:
         ev = e.event
-        grid.add_row("Event", f"#{ev.index}, thread {ev.tid}: {ev.op}" + (f" obj {ev.obj}" if ev.obj else "") + f" ({ev.ptr:#x})")
+        grid.add_row("Event", Text(f"#{ev.index}, thread {ev.tid}: {ev.op}" + (f" obj {ev.obj}" if ev.obj else "") + f" ({ev.ptr:#x})"))
         grid.add_row("Outcome", Text(ev.outcome.value, style="error" if ev.is_anomaly else "outcome.ok"))
-    grid.add_row("Provenance", e.provenance.text)
+    # texts built from the trace (sites, paths): Text, never markup
+    grid.add_row("Provenance", Text(e.provenance.text))
     if e.expected:
-        grid.add_row("Owner needs", e.expected)
+        grid.add_row("Owner needs", Text(e.expected))
     parts.append(grid)
     if e.stages:
         parts.extend(_findings("Free path" if e.event is not None else "Facts", e.stages))

@@ -78,9 +78,10 @@ def render(result: FirstBadResult, console: Console) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="label")
     head.add_column()
-    head.add_row("Trace", result.trace)
-    head.add_row("Allocator", result.allocator)
-    head.add_row("Knobs", " ".join(f"{k}={v}" for k, v in result.knobs.items()) or "(none)")
+    # paths and knob values come from the user and the trace: Text, never markup
+    head.add_row("Trace", Text(result.trace))
+    head.add_row("Allocator", Text(result.allocator))
+    head.add_row("Knobs", Text(" ".join(f"{k}={v}" for k, v in result.knobs.items()) or "(none)"))
     run = f"{result.events_run:,} of {result.num_events:,} events complete"
     if result.crash is not None:
         run += f" (the replay dies in event #{result.crash.event_index})"

@@ -13,6 +13,7 @@ import math
 from typing import Iterable
 
 from forensics.model import Explanation, Finding, ReplayResult
+from forensics.report import replay as replay_report
 from forensics.report.explain import hex_string
 
 _PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
@@ -166,10 +167,12 @@ def replay_page(result: ReplayResult, explanations: list[Explanation] = ()) -> s
         f"<tr><th>Trace</th><td>{_e(result.trace)}</td></tr>"
         f"<tr><th>Allocator</th><td>{_e(result.allocator)}</td></tr>"
         f"<tr><th>Knobs</th><td><code>{_e(knobs)}</code></td></tr>"
-        f"<tr><th>Replayed</th><td>{result.events_done:,} of {result.num_events:,} events on {result.threads_used or 1} thread(s), {result.frees:,} frees</td></tr>"
+        f"<tr><th>Replayed</th><td>{result.events_done:,} of {result.num_events:,} events{' (partial)' if result.partial else ''} on {result.threads_used or 1} thread(s), {result.frees:,} frees</td></tr>"
+        f"<tr><th>Status</th><td>{_e(result.status)}</td></tr>"
         "</table>"
     )
     crash = ""
+    ending = "".join(f"<p class='bad'>{_e(line.plain)}</p>" for line in replay_report.ending_lines(result))
     if result.crash is not None:
         c = result.crash
         rel = f" (ptr {c.fault_address - c.ptr:+d})" if c.ptr else ""
@@ -187,6 +190,7 @@ def replay_page(result: ReplayResult, explanations: list[Explanation] = ()) -> s
             "<h1>hakmem-forensics replay</h1>",
             head,
             crash,
+            ending,
             "<h2>Route mix</h2>",
             route_bar_svg(result.routes),
             _counts_table("route", result.routes),

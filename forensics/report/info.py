@@ -31,6 +31,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from forensics.model import LibraryInfo
 
@@ -69,7 +70,7 @@ def render(info: LibraryInfo, console: Console) -> None:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="label", no_wrap=True)
     facts.add_column(overflow="fold")  # a long path wraps, never loses its tail
-    facts.add_row("Library", info.path)
+    facts.add_row("Library", Text(info.path))  # a user's path: never markup
     facts.add_row("Kind", f"{info.library_kind} ({info.machine}, ELF{info.elf_class})")
     facts.add_row("ABI version", _unknown(info.abi_version, "[value.num]{}[/]"))
     mode = info.build_mode

@@ -96,7 +96,7 @@ def _side_by_side(title: str, rows: list[tuple[str, int, int]], unit: str) -> Ta
     t.add_column("original", justify="right")
     t.add_column("minimal", justify="right")
     for name, a, b in rows:
-        t.add_row(name, f"{a:,}", f"{b:,}")
+        t.add_row(Text(name), f"{a:,}", f"{b:,}")
     return t
 
 
@@ -114,10 +114,11 @@ def render(result: MinimizeResult, console: Console) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="label")
     head.add_column()
-    head.add_row("Trace", result.source)
-    head.add_row("Minimal", result.output)
-    head.add_row("Signature", f"{result.signature.describe()} (event #{result.signature.event_index} of the original)")
-    head.add_row("Knobs", " ".join(f"{k}={v}" for k, v in result.minimal.knobs.items()) or "(none)")
+    # paths and knob values come from the user and the trace: Text, never markup
+    head.add_row("Trace", Text(result.source))
+    head.add_row("Minimal", Text(result.output))
+    head.add_row("Signature", Text(f"{result.signature.describe()} (event #{result.signature.event_index} of the original)"))
+    head.add_row("Knobs", Text(" ".join(f"{k}={v}" for k, v in result.minimal.knobs.items()) or "(none)"))
     steps = ", ".join(f"{s.phase} {s.events:,}" for s in result.steps if s.phase in ("cut", "units", "events"))
     head.add_row(
         "Shrunk",
@@ -133,7 +134,7 @@ def render(result: MinimizeResult, console: Console) -> None:
     t.add_column("original", justify="right", style="muted")
     for i, (line, orig) in enumerate(zip(result.lines, result.kept)):
         if i == SHOWN_EVENTS:
-            t.add_row("…", f"({len(result.lines) - SHOWN_EVENTS:,} more in {result.output})", "")
+            t.add_row("…", Text(f"({len(result.lines) - SHOWN_EVENTS:,} more in {result.output})"), "")
             break
         crashed = result.minimal.crash_event is not None and result.minimal.crash_event.index == i
         t.add_row(str(i), Text(line, style="outcome.crash" if crashed else ""), f"#{orig}")

@@ -278,7 +278,7 @@ def render_inspection(insp: Inspection, console: Console) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="label")
     head.add_column()
-    head.add_row("Trace", insp.trace)
+    head.add_row("Trace", Text(insp.trace))  # a user's path: never markup
     what = f"{insp.op} of {insp.target:#x}" if insp.target else (insp.op or "past the last event")
     head.add_row("Moment", f"just before event #{insp.event} ({what}); events 0..{insp.event - 1} replayed serially")
     if insp.target:

@@ -28,7 +28,21 @@ JSON schema "hakmem-forensics/replay/1" (keys always present):
       "check_every": int,
       "first_check_failure": null | {"event_index": int, "message": str},
       "exit_status": int | null, "exit_signal": int | null,
-      "stderr_tail": [str], "note": str, "seconds": float
+      "stderr_tail": [str], "note": str, "seconds": float,
+      "status": "completed" | "crashed" | "hang" | "killed" | "memory_limit" | "interrupted" | "exited" | "incomplete",
+                                                # how the replay ended (model.ReplayResult.status):
+                                                # killed = a signal and no crash record (SIGKILL from
+                                                # the OOM killer or a user); interrupted = Ctrl-C
+      "partial": bool,                          # not every event ran: the events above are those
+                                                # observed before the end
+      "interrupted": bool,
+      "in_flight": [int],                       # killed or interrupted: the events the child was
+                                                # running (cut off, not crashed)
+      "max_memory": int | null,                 # the child's memory limit in bytes (replay --max-memory)
+      "memory_limit": null | {                  # the first allocation that returned NULL for a
+        "event_index": int, "op": str,          # non-zero size (under the limit: where it was reached)
+        "size": int, "limit": int | null, "over_limit": bool
+      }
     }
 
     event = {"event_index": int, "op": str, "tid": int, "obj": int, "ptr": int, "ptr_hex": str,
@@ -148,7 +162,64 @@ def to_json(result: ReplayResult) -> dict[str, Any]:
         "stderr_tail": list(result.stderr_tail),
         "note": result.note,
         "seconds": round(result.seconds, 3),
+        "status": result.status,
+        "partial": result.partial,
+        "interrupted": result.interrupted,
+        "in_flight": list(result.in_flight),
+        "max_memory": result.max_memory,
+        "memory_limit": (
+            {"event_index": f.event_index, "op": f.op, "size": f.size, "limit": f.limit, "over_limit": f.over_limit}
+            if (f := result.alloc_failure) is not None
+            else None
+        ),
     }
+
+
+def _bytes(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{n:,} bytes"
+
+
+def _signal_name(signo: int) -> str:
+    import signal as _signal
+
+    try:
+        return _signal.Signals(signo).name
+    except ValueError:
+        return f"signal {signo}"
+
+
+def ending_lines(result: ReplayResult) -> list[Text]:
+    """What ended the replay when it is not a crash or hang panel: a kill, Ctrl-C, the memory
+    limit; and whether the result is partial. Plain Text: nothing here is markup."""
+    lines: list[Text] = []
+    done = f"{result.events_done:,} of {result.num_events:,} events ran"
+    if result.in_flight:
+        running = ", ".join(f"#{i}" for i in result.in_flight[:5]) + (", ..." if len(result.in_flight) > 5 else "")
+        done += f" (cut off in {running})"
+    if result.interrupted:
+        lines.append(Text(f"Interrupted (Ctrl-C): the replay child was stopped; {done}, the result is partial.", style="outcome.hang"))
+    elif result.status == "killed":
+        sig = _signal_name(result.exit_signal or 0)
+        lines.append(Text(f"The replay child was killed by {sig} with no crash record (the OOM killer, a user, a time "
+                          f"limit outside the toolkit): {done}, the result is partial.", style="outcome.crash"))
+    elif result.status == "exited":
+        lines.append(Text(f"The replay child exited with status {result.exit_status} mid-replay: {done}, the result is partial.",
+                          style="outcome.crash"))
+    f = result.alloc_failure
+    if f is not None:
+        asked = f"{f.op} of {f.size:,} bytes returned NULL"
+        if f.limit is not None and not f.over_limit:
+            lines.append(Text(f"Memory limit ({_bytes(f.limit)}) reached at event #{f.event_index}: {asked} "
+                              "(--max-memory raises the limit).", style="warn"))
+        elif f.limit is not None:
+            lines.append(Text(f"Event #{f.event_index}: {asked}: more than the memory limit ({_bytes(f.limit)}) by itself.", style="warn"))
+        else:
+            lines.append(Text(f"Event #{f.event_index}: {asked}.", style="warn"))
+    return lines
 
 
 # ------------------------------------------------------------------------ rich
@@ -245,7 +316,7 @@ def _crash_panel(result: ReplayResult) -> Panel:
         lines.append(Text("memory map at the crash:", style="label"))
         for text, mark in excerpt:
             lines.append(Text("  " + text, style="error" if mark else "muted"))
-    return Panel(Group(*lines), title=f"Crash: {c.signal_name} in {c.stage_name}", border_style="outcome.crash", expand=False)
+    return Panel(Group(*lines), title=Text(f"Crash: {c.signal_name} in {c.stage_name}"), border_style="outcome.crash", expand=False)
 
 
 def _stages(e: EventResult) -> str:
@@ -275,7 +346,7 @@ def _anomaly_table(result: ReplayResult) -> Table:
         if d is not None:
             route.append(f" → {d.action.value}\n{_stages(e)}", style="muted")
         what = f"t{e.tid} {e.op}" + (f" obj {e.obj}" if e.obj else "") + f"\n{e.ptr:#x} ({e.owner.value})"
-        t.add_row(f"#{e.index}", what, route, Text(e.outcome.value, style=_OUTCOME_STYLES.get(e.outcome, "")))
+        t.add_row(f"#{e.index}", Text(what), route, Text(e.outcome.value, style=_OUTCOME_STYLES.get(e.outcome, "")))
     return t
 
 
@@ -285,10 +356,13 @@ def render(result: ReplayResult, console: Console) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="label")
     head.add_column()
-    head.add_row("Trace", result.trace)
-    head.add_row("Allocator", result.allocator)
-    head.add_row("Knobs", knobs)
-    head.add_row("Replayed", f"{done} on {result.threads_used or 1} thread{'s' if (result.threads_used or 1) != 1 else ''}, {result.frees:,} frees, {result.seconds:.2f} s")
+    # paths and knob values come from the user and the trace: Text, never markup
+    head.add_row("Trace", Text(result.trace))
+    head.add_row("Allocator", Text(result.allocator))
+    head.add_row("Knobs", Text(knobs))
+    # a crash or hang has its own panel; other early ends are marked here
+    partial = " (partial)" if result.partial and result.crash is None and not result.hang else ""
+    head.add_row("Replayed", f"{done}{partial} on {result.threads_used or 1} thread{'s' if (result.threads_used or 1) != 1 else ''}, {result.frees:,} frees, {result.seconds:.2f} s")
     console.print(head)
     console.print()
     if result.routes:
@@ -296,6 +370,8 @@ def render(result: ReplayResult, console: Console) -> None:
     console.print(_outcome_table(result))
     if result.crash is not None or result.hang:
         console.print(_crash_panel(result))
+    for line in ending_lines(result):
+        console.print(line)
     if result.first_check_failure:
         f = result.first_check_failure
         console.print(Text.assemble(("First broken invariant ", "label"), f"after event #{f.event_index}: ", (f.message, "error")))

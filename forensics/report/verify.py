@@ -189,7 +189,7 @@ def render(report: VerifyReport, console: Console, *, details: bool = False) -> 
         measured.append(f"the probe audit ({len(report.audit.rows)} bed rows)")
     head.add_row("Measured with", ", ".join(measured))
     if s.get("lib"):
-        head.add_row("Allocator", str(s["lib"]))
+        head.add_row("Allocator", Text(str(s["lib"])))  # a user's path: never markup
     console.print(head)
     console.print()
     if details:

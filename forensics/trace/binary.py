@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Sequence
 
 from forensics.errors import BadInputError
+from forensics.safeio import AtomicOutput
 from forensics.trace.records import (
     HEADER_SIZE,
     HEADER_STRUCT,
@@ -65,13 +66,10 @@ class BinaryTraceWriter:
             raise BadInputError(f"{path}: header text is {len(text)} bytes, more than {MAX_HEADER_BYTES}")
         self._text_len = len(text)
         self._records_offset = records_offset_for(len(text))
-        try:
-            self._f: IO[bytes] | None = open(path, "wb")
-        except OSError as exc:
-            raise BadInputError(f"{path}: cannot write: {exc.strerror}") from None
-        self._f.write(self._pack_header(0, 0, 0))
-        self._f.write(text)
-        self._f.write(b"\0" * (self._records_offset - HEADER_SIZE - len(text)))
+        # written to a temporary file renamed into place at close(): never a half-written trace
+        self._out = AtomicOutput(path)
+        self._f: IO[bytes] | None = self._out.file
+        self._out.write(self._pack_header(0, 0, 0) + text + b"\0" * (self._records_offset - HEADER_SIZE - len(text)))
         self._buf = bytearray(RECORD_SIZE * _BATCH)
         self._fill = 0  # records in _buf
         self._n = 0
@@ -143,6 +141,8 @@ class BinaryTraceWriter:
                     next_report += every
         except struct.error as exc:
             raise ValueError(f"event {n}: a field is out of range for the record: {exc}") from None
+        except OSError as exc:  # a full disk, a quota: the caller aborts, the destination keeps what it had
+            raise BadInputError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
         finally:
             self._fill = pos // RECORD_SIZE
             self._n = n
@@ -152,28 +152,28 @@ class BinaryTraceWriter:
     def close(self) -> TraceStats:
         f = self._f
         if f is not None:
-            if self._fill:
-                f.write(memoryview(self._buf)[: self._fill * RECORD_SIZE])
-                self._fill = 0
             if self._max_obj > U32_MAX:
                 raise ValueError(f"object id {self._max_obj} does not fit the header")
-            f.seek(0)
-            f.write(self._pack_header(self._n, self._max_obj, len(self._tids)))
-            f.close()
+            try:
+                if self._fill:
+                    f.write(memoryview(self._buf)[: self._fill * RECORD_SIZE])
+                    self._fill = 0
+                f.seek(0)
+                f.write(self._pack_header(self._n, self._max_obj, len(self._tids)))
+            except OSError as exc:
+                self.abort()
+                raise BadInputError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
             self._f = None
+            self._out.commit()
             self.stats = _stats(self._n, self._max_obj, self._tids, self._counts)
         assert self.stats is not None
         return self.stats
 
     def abort(self) -> None:
-        """Close and delete the partial file."""
+        """Close and delete the partial file (the destination keeps what it had)."""
         if self._f is not None:
-            self._f.close()
             self._f = None
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            self._out.discard()
 
 
 class BinaryTraceReader:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, Sequence
 
 from forensics.errors import BadInputError
+from forensics.safeio import AtomicOutput, open_input
 from forensics.trace.records import (
     FIRST_LINE,
     I64_MAX,
@@ -189,14 +190,8 @@ assert len(_FORMATTERS) == OP_COUNT
 
 # --------------------------------------------------------------------------- reader
 def _open_input(path: str | os.PathLike[str]) -> IO[bytes]:
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise BadInputError(f"{path}: is a directory, not a trace") from None
-    except OSError as exc:
-        raise BadInputError(f"{path}: cannot read: {exc.strerror}") from None
+    # a regular file only: a FIFO would block the reader (and cannot be mapped or read twice)
+    return open_input(path, "trace")
 
 
 class TextTraceReader:
@@ -340,11 +335,10 @@ class TextTraceWriter:
     def __init__(self, path: str | os.PathLike[str], header: TraceHeader) -> None:
         self.path = Path(path)
         self.header = header
-        try:
-            self._f: IO[str] | None = open(path, "w", encoding="utf-8", newline="\n", buffering=1 << 20)
-        except OSError as exc:
-            raise BadInputError(f"{path}: cannot write: {exc.strerror}") from None
-        self._f.write(header.text)
+        # written to a temporary file renamed into place at close(): never a half-written trace
+        self._out = AtomicOutput(path, text=True, buffering=1 << 20)
+        self._f: IO[str] | None = self._out.file
+        self._out.write(header.text)
         self._n = 0
         self._max_obj = 0
         self._tids: set[int] = set()
@@ -409,6 +403,8 @@ class TextTraceWriter:
                 if n == next_report:
                     progress(n)  # type: ignore[misc]
                     next_report += every
+        except OSError as exc:  # a full disk, a quota: the caller aborts, the destination keeps what it had
+            raise BadInputError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
         finally:
             self._n = n
             self._max_obj = max_obj
@@ -416,21 +412,17 @@ class TextTraceWriter:
 
     def close(self) -> TraceStats:
         if self._f is not None:
-            self._f.close()
             self._f = None
+            self._out.commit()
             self.stats = _stats(self._n, self._max_obj, self._tids, self._counts)
         assert self.stats is not None
         return self.stats
 
     def abort(self) -> None:
-        """Close and delete the partial file."""
+        """Close and delete the partial file (the destination keeps what it had)."""
         if self._f is not None:
-            self._f.close()
             self._f = None
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            self._out.discard()
 
 
 def _stats(n: int, max_obj: int, tids: set[int], counts: list[int]) -> TraceStats:
