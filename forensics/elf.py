@@ -17,6 +17,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from forensics import abi
 from forensics.errors import BadInputError
+from forensics.safeio import open_input
 from forensics.model import CodeLocation, LibraryInfo, StructLayout, SymbolStatus
 
 _ELF_ERRORS = (ELFError, ELFParseError, DWARFError, struct.error, ValueError, KeyError, IndexError)
@@ -27,14 +28,8 @@ class ElfFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            raise BadInputError(f"{self.path}: no such file")
-        if self.path.is_dir():
-            raise BadInputError(f"{self.path}: is a directory, not a library file")
-        try:
-            self._stream: BinaryIO = open(self.path, "rb")
-        except OSError as exc:
-            raise BadInputError(f"{self.path}: cannot open: {exc.strerror}") from None
+        # a regular file only: a trace's `# meta map=` lines can name anything (a FIFO would block)
+        self._stream: BinaryIO = open_input(self.path, "library")
         head = self._stream.read(4)
         self._stream.seek(0)
         if head != b"\x7fELF":

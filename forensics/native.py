@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 import threading
 from ctypes import (
     POINTER,
@@ -630,6 +631,12 @@ def _load_error(path: Path, what: str, err: str, build_hint: bool) -> LibraryErr
 
 
 def _cdll(path: Path, what: str, build_hint: bool) -> ctypes.CDLL:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # the loader says what is wrong
+    if mode is not None and not stat.S_ISREG(mode):  # dlopen of a FIFO would wait for a writer forever
+        raise _load_error(path, what, "not a regular file (a directory, a FIFO or a device)", build_hint)
     try:
         return ctypes.CDLL(str(path), mode=os.RTLD_NOW | os.RTLD_LOCAL)
     except OSError as exc:

@@ -169,13 +169,17 @@ def _command(binary: Path, config: ReplayConfig, knobs: Mapping[str, str], fd: i
     return cmd
 
 
-def run_replay(trace: str | os.PathLike[str], config: ReplayConfig = ReplayConfig(), *, progress: ProgressFn | None = None, keep_events: bool = False, binary: Path | None = None) -> model.ReplayResult:
+def run_replay(trace: str | os.PathLike[str], config: ReplayConfig = ReplayConfig(), *, progress: ProgressFn | None = None, keep_events: bool = False, binary: Path | None = None,
+               partial_on_interrupt: bool = False) -> model.ReplayResult:
     """Replay trace in a child process; a crash or hang in the allocator becomes part of the result.
 
     keep_events: also return every raw hfr_event record (result.raw_events), for saving the
     result (explain, diff) — num_events * 48 bytes. binary: trace already converted to a binary
     file (binary_trace), so that a caller that needs it again converts a text trace only once;
-    the result still names trace."""
+    the result still names trace. A KeyboardInterrupt while the child runs kills the child;
+    then with partial_on_interrupt the result observed so far is returned (``interrupted``,
+    status "interrupted"), else the interrupt goes on (a caller that replays many times, like
+    minimize, must not take a cut-off replay for an answer)."""
     trace_path = Path(trace)
     if not trace_path.exists():
         raise BadInputError(missing_message(trace))
@@ -202,9 +206,11 @@ def run_replay(trace: str | os.PathLike[str], config: ReplayConfig = ReplayConfi
                     try:
                         hang = _wait(proc, results, n, config.timeout, progress)
                     except KeyboardInterrupt:
-                        # Ctrl-C: stop the child and keep what it observed (a partial result)
+                        # Ctrl-C: stop the child (never leave it running), and keep what it observed
                         proc.kill()
                         proc.wait()
+                        if not partial_on_interrupt:
+                            raise
                         hang, interrupted = False, True
                 try:
                     result = _collect(results, tf, trace_path, config, knobs, driver, proc, hang, _tail(stderr_path, STDERR_TAIL), time.monotonic() - start,

@@ -61,6 +61,15 @@ def open_input(path: str | os.PathLike[str], what: str = "file", *, stream_ok: b
     blocking, as `cat` would; otherwise only a regular file is."""
     p = os.fspath(path)
     try:
+        if stat.S_ISFIFO(os.stat(p).st_mode):
+            if not stream_ok:
+                raise BadInputError(f"{p}: is {_kind(stat.S_IFIFO)}, not a {what} file")
+            # a stream reader waits for the writer, as `cat` would (never opened non-blocking first:
+            # that would let a writer in and out before the real open, and its data would be lost)
+            return open(p, "rb")
+    except OSError:
+        pass  # the open below says what is wrong
+    try:
         fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise BadInputError(missing_message(p)) from None
@@ -74,17 +83,8 @@ def open_input(path: str | os.PathLike[str], what: str = "file", *, stream_ok: b
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise BadInputError(f"{p}: is a directory, not a {what}")
-        if not stat.S_ISREG(mode):
-            if not (stream_ok and (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode))):
-                raise BadInputError(f"{p}: is {_kind(mode)}, not a {what} file")
-            if stat.S_ISFIFO(mode):
-                # the non-blocking open did not wait for a writer; a stream reader should
-                os.close(fd)
-                fd = -1
-                try:
-                    return open(p, "rb")
-                except OSError as exc:
-                    raise BadInputError(f"{p}: cannot read: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(mode) and not (stream_ok and stat.S_ISCHR(mode)):
+            raise BadInputError(f"{p}: is {_kind(mode)}, not a {what} file")
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
         fh = os.fdopen(fd, "rb")

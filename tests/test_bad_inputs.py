@@ -279,6 +279,9 @@ def test_directories_fifos_and_unreadable_files(tmp_path):
     _one_error_line(invoke("import", "valgrind", fifo, "-o", tmp_path / "o.trace"), f"{fifo}: is a FIFO (named pipe), not a log file")
     _one_error_line(invoke("tui", fifo), f"{fifo}: is a FIFO (named pipe), not a saved result, trace or log file")
     _one_error_line(invoke("replay", fifo, "--explain", "0"), f"{fifo}: is a FIFO (named pipe), not a trace file")
+    _one_error_line(invoke("info", "--lib", fifo), f"{fifo}: is a FIFO (named pipe), not a library file")
+    result = invoke("replay", ROOT / "fixtures" / "random-mixed.trace", "--lib", fifo, "--explain", "0")
+    assert result.exit_code == EXIT_BAD_INPUT and "not a regular file" in result.stderr  # dlopen would have waited
     # routes streams: a pipe from another program is a log like any other
 
     def writer() -> None:

@@ -78,10 +78,13 @@ def replay(
             def progress(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            result = run_replay(path, config, progress=progress, keep_events=need_events, binary=binary)
-        if need_events:
+            result = run_replay(path, config, progress=progress, keep_events=need_events, binary=binary, partial_on_interrupt=True)
+        explain = bool(explain_n and not result.interrupted and (result.crashed or result.anomaly_count))
+        # the temporary saved result only serves the explanations: a clean replay of a big trace
+        # would spend seconds deflating its events and trace into an archive nobody opens
+        if need_events and (save is not None or explain):
             saved_path = save_result(result, config, save if save is not None else Path(tmp) / "result.hfres", binary=binary)
-            if explain_n and not result.interrupted and (result.crashed or result.anomaly_count):
+            if explain:
                 with open_result(saved_path) as saved:
                     explanations = explain_mod.explain_result(saved, limit=explain_n)
     if html_out is not None:
