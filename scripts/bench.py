@@ -344,10 +344,14 @@ def bench_routes(tmp: Path, runs: int, size: int) -> None:
         unavailable(title, "forensics/routelog.py and the routes command are not there")
         return
     sys.path.insert(0, str(REPO / "scripts"))
-    import bench_routes  # the route-log issue's own generator: a log as `hakmem-forensics run` writes it
-
     log = tmp / "routes.log"
-    lines, nbytes = bench_routes.generate(log, size, False)
+    try:
+        import bench_routes  # the route-log issue's own generator: a log as `hakmem-forensics run` writes it
+
+        lines, nbytes = bench_routes.generate(log, size, False)
+    except (ImportError, AttributeError, TypeError) as exc:
+        unavailable(title, f"scripts/bench_routes.py's log generator: {exc}")
+        return
     routes, awk = Series("hakmem-forensics routes LOG", "lines/s"), Series("awk '{c[$3]++} ...' LOG", "lines/s")
     rt, at = Series("routes", "s"), Series("awk", "s")
     for _ in range(runs):
