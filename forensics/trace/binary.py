@@ -11,6 +11,7 @@ from typing import IO, Callable, Iterable, Iterator, Sequence
 from forensics.errors import BadInputError
 from forensics.safeio import AtomicOutput
 from forensics.trace.records import (
+    TraceWriterBase,
     HEADER_SIZE,
     HEADER_STRUCT,
     MAGIC,
@@ -52,7 +53,7 @@ def is_binary_magic(head: bytes) -> bool:
     return head[:8] == MAGIC
 
 
-class BinaryTraceWriter:
+class BinaryTraceWriter(TraceWriterBase):
     """Writes a .htb file as events come: a placeholder header, the header text, the records
     in batches; close() patches the counts (events, objects, threads) into the header."""
 
@@ -81,26 +82,6 @@ class BinaryTraceWriter:
     def _pack_header(self, num_events: int, num_objects: int, num_threads: int) -> bytes:
         return HEADER_STRUCT.pack(MAGIC, VERSION, RECORD_SIZE, num_events, num_objects, num_threads,
                                   self._records_offset, self._text_len, 0, 0, 0)
-
-    def __enter__(self) -> BinaryTraceWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    def write(self, event: Event) -> None:
-        """Write one typed event, checking its fields (ValueError if they do not make a record)."""
-        raw = event.raw
-        reason = check_raw(raw)
-        if reason:
-            raise ValueError(f"invalid {event.op.value} event: {reason}")
-        self.write_many((raw,))
-
-    def write_raw(self, raw: RawEvent) -> None:
-        self.write_many((raw,))
 
     def write_many(self, raws: Iterable[Sequence[int]], progress: Callable[[int], None] | None = None,
                    every: int = 1 << 16) -> int:

@@ -260,6 +260,32 @@ class TraceHeader:
                 return v
         return None
 
+class TraceWriterBase:
+    """What both trace writers share: the context manager (close on success, abort on an
+    error, so no half-written trace stays behind) and the typed entry points, which check an
+    Event's fields and hand its raw form to the writer's own write_many()."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, event: Event) -> None:
+        """Write one typed event, checking its fields (ValueError if they do not make a record)."""
+        raw = event.raw
+        reason = check_raw(raw)
+        if reason:
+            raise ValueError(f"invalid {event.op.value} event: {reason}")
+        self.write_many((raw,))
+
+    def write_raw(self, raw: RawEvent) -> None:
+        self.write_many((raw,))
+
+
 
 def _header_line_error(line: str, first: bool) -> str | None:
     if "\n" in line or "\r" in line:

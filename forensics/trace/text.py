@@ -10,6 +10,7 @@ from typing import IO, Callable, Iterable, Iterator, Sequence
 from forensics.errors import BadInputError
 from forensics.safeio import AtomicOutput, open_input
 from forensics.trace.records import (
+    TraceWriterBase,
     FIRST_LINE,
     I64_MAX,
     I64_MIN,
@@ -31,7 +32,6 @@ from forensics.trace.records import (
     TraceStats,
     TraceOp,
     _show,
-    check_raw,
 )
 from forensics.trace.validate import ObjectValidator
 
@@ -327,7 +327,7 @@ class TextTraceReader:
 
 
 # --------------------------------------------------------------------------- writer
-class TextTraceWriter:
+class TextTraceWriter(TraceWriterBase):
     """Writes canonical text: the header lines verbatim, then one canonical line per event."""
 
     format = "text"
@@ -344,26 +344,6 @@ class TextTraceWriter:
         self._tids: set[int] = set()
         self._counts = [0] * OP_COUNT
         self.stats: TraceStats | None = None
-
-    def __enter__(self) -> TextTraceWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    def write(self, event: Event) -> None:
-        """Write one typed event, checking its fields (ValueError if they do not make a record)."""
-        raw = event.raw
-        reason = check_raw(raw)
-        if reason:
-            raise ValueError(f"invalid {event.op.value} event: {reason}")
-        self.write_many((raw,))
-
-    def write_raw(self, raw: RawEvent) -> None:
-        self.write_many((raw,))
 
     def write_many(self, raws: Iterable[Sequence[int]], progress: Callable[[int], None] | None = None,
                    every: int = 1 << 16) -> int:
