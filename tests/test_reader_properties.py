@@ -270,7 +270,8 @@ def test_damaged_binary_traces_read_or_name_the_offset(patches, cut):
         try:
             events = list(iter_raw(src))
         except TraceFormatError as exc:
-            assert exc.offset is not None and 0 <= exc.offset <= max(len(data), 64)
+            # a damage that turns the first byte into '#' makes it a (bad) text trace: then a line number
+            assert (exc.offset is not None and 0 <= exc.offset <= max(len(data), 64)) or (exc.offset is None and exc.line == 1 and data[:1] == b"#")
             return
         text, back = Path(tmp) / "t.trace", Path(tmp) / "b.htb"
         convert(src, text, to="text")
